@@ -1,0 +1,1 @@
+"""Redis-side library: the statistic counters, the repair engine and its lock."""

@@ -1,0 +1,200 @@
+"""The statistic counters: Redis sorted sets whose member is an id and whose score is a count.
+
+Each counter is one small class declaring its Redis key and the query that computes
+it from MySQL, the source of truth. The query selects ``(member id, count)`` grouped by
+the member; the repair engine adds ordering, id filters and sharding to it. A member
+whose count is 0 is absent from the set.
+
+The app bumps counters with :meth:`Statistic.incr` after committing to the database
+and reads them with :meth:`Statistic.get` and :meth:`Statistic.get_many`.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Iterable
+
+from sqlalchemy import Select, func, select
+
+from common.models import Article, Attitude, Collection, Comment, CommentLiking, Relation
+
+
+class Statistic:
+    """Base of every counter: a sorted set at ``key`` computed by ``query``."""
+
+    key: ClassVar[str]
+    query: ClassVar[Select]
+    registry: ClassVar[dict[str, type["Statistic"]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Statistic.registry[cls.key] = cls
+
+    @classmethod
+    def member_column(cls):
+        """Return the column whose values are the set's members."""
+        return cls.query.selected_columns[0]
+
+    @classmethod
+    def describe(cls) -> str:
+        """Return the first line of the class docstring: what the counter counts."""
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    @classmethod
+    def get(cls, redis, member_id) -> int:
+        """Return the count of one id, 0 when absent."""
+        score = redis.zscore(cls.key, str(member_id))
+        return int(score) if score is not None else 0
+
+    @classmethod
+    def get_many(cls, redis, member_ids: Iterable) -> list[int]:
+        """Return the counts of several ids in one ZMSCORE, 0 for the absent ones."""
+        ids = [str(i) for i in member_ids]
+        if not ids:
+            return []
+        return [int(s) if s is not None else 0 for s in redis.zmscore(cls.key, ids)]
+
+    @classmethod
+    def incr(cls, redis, member_id, increment: int = 1) -> None:
+        """Add ``increment`` to the count of one id; call only after the database commit."""
+        redis.zincrby(cls.key, increment, str(member_id))
+
+
+class UserArticlesCount(Statistic):
+    """Articles a user has published (status approved), by author."""
+
+    key = "count:user:arts"
+    query = (
+        select(Article.user_id, func.count())
+        .where(Article.status == Article.STATUS.APPROVED)
+        .group_by(Article.user_id)
+    )
+
+
+class UserFollowingsCount(Statistic):
+    """Users a user follows, by follower."""
+
+    key = "count:user:followings"
+    query = (
+        select(Relation.user_id, func.count())
+        .where(Relation.relation == Relation.RELATION.FOLLOW)
+        .group_by(Relation.user_id)
+    )
+
+
+class UserFollowersCount(Statistic):
+    """Followers a user has, by followed user."""
+
+    key = "count:user:followers"
+    query = (
+        select(Relation.target_user_id, func.count())
+        .where(Relation.relation == Relation.RELATION.FOLLOW)
+        .group_by(Relation.target_user_id)
+    )
+
+
+class ArticleCollectingCount(Statistic):
+    """Active collections of an article, by article."""
+
+    key = "count:art:collecting"
+    query = (
+        select(Collection.article_id, func.count())
+        .where(Collection.is_deleted == 0)
+        .group_by(Collection.article_id)
+    )
+
+
+class UserArticleCollectingCount(Statistic):
+    """Articles a user keeps in active collections, by user."""
+
+    key = "count:user:art:collecting"
+    query = (
+        select(Collection.user_id, func.count())
+        .where(Collection.is_deleted == 0)
+        .group_by(Collection.user_id)
+    )
+
+
+class ArticleLikingCount(Statistic):
+    """Likes of an article (attitude 1), by article."""
+
+    key = "count:art:liking"
+    query = (
+        select(Attitude.article_id, func.count())
+        .where(Attitude.attitude == Attitude.ATTITUDE.LIKING)
+        .group_by(Attitude.article_id)
+    )
+
+
+class ArticleDislikeCount(Statistic):
+    """Dislikes of an article (attitude 0; NULL is no attitude), by article."""
+
+    key = "count:art:dislike"
+    query = (
+        select(Attitude.article_id, func.count())
+        .where(Attitude.attitude == Attitude.ATTITUDE.DISLIKE)
+        .group_by(Attitude.article_id)
+    )
+
+
+class UserLikedCount(Statistic):
+    """Likes received on a user's articles (attitude 1), by author."""
+
+    key = "count:user:liked"
+    query = (
+        select(Article.user_id, func.count())
+        .select_from(Attitude)
+        .join(Article, Article.id == Attitude.article_id)
+        .where(Attitude.attitude == Attitude.ATTITUDE.LIKING)
+        .group_by(Article.user_id)
+    )
+
+
+class CommentLikingCount(Statistic):
+    """Active likes of a comment, by comment."""
+
+    key = "count:comm:liking"
+    query = (
+        select(CommentLiking.comment_id, func.count())
+        .where(CommentLiking.is_deleted == 0)
+        .group_by(CommentLiking.comment_id)
+    )
+
+
+class ArticleCommentCount(Statistic):
+    """Approved comments on an article, replies included, by article."""
+
+    key = "count:art:comm"
+    query = (
+        select(Comment.article_id, func.count())
+        .where(Comment.status == Comment.STATUS.APPROVED)
+        .group_by(Comment.article_id)
+    )
+
+
+class CommentReplyCount(Statistic):
+    """Approved replies to a comment, by the comment replied to."""
+
+    key = "count:art:reply"
+    query = (
+        select(Comment.parent_id, func.count())
+        .where(Comment.status == Comment.STATUS.APPROVED, Comment.parent_id.is_not(None))
+        .group_by(Comment.parent_id)
+    )
+
+
+COUNTERS: tuple[type[Statistic], ...] = tuple(Statistic.registry.values())
+
+
+def select_counters(keys: Iterable[str] = ()) -> list[type[Statistic]]:
+    """Return the counters named by their Redis keys, all of them when none are given.
+
+    Raises :class:`common.exceptions.UnknownCounter` for a key that is not a counter.
+    """
+    from common.exceptions import UnknownCounter
+
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return list(COUNTERS)
+    unknown = [k for k in keys if k not in Statistic.registry]
+    if unknown:
+        raise UnknownCounter(unknown[0], sorted(Statistic.registry))
+    return [Statistic.registry[k] for k in keys]

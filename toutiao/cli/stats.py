@@ -1,0 +1,245 @@
+"""``flask stats``: list, check and fix the statistic counters against the database.
+
+Exit codes: 0 success (``check``: no drift), 1 runtime failure, 2 bad usage or
+configuration, 3 ``check`` found drift, 75 another run holds the lock, 130/143 stopped by
+SIGINT/SIGTERM.
+"""
+import json
+import logging
+import signal
+import threading
+from contextlib import contextmanager
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from common.cache.engine import RepairEngine, Shard
+from common.cache.lock import LOCK_KEY, RunLock
+from common.cache.statistic import COUNTERS, select_counters
+from common.exceptions import Interrupted, LockHeld, LockLost, UnknownCounter
+from toutiao.cli.connect import connect_database, connect_redis
+from toutiao.cli.errors import EXIT_DRIFT, ConfigError, LockBusy, RuntimeFailure, Stopped
+
+log = logging.getLogger(__name__)
+
+stats_cli = AppGroup("stats", help="Check and repair the Redis statistic counters from the database.")
+
+
+class ShardType(click.ParamType):
+    name = "INDEX/TOTAL"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _common_options(func):
+    options = [
+        click.option(
+            "--only",
+            "only",
+            multiple=True,
+            metavar="KEY",
+            help="Only this counter, by Redis key (repeatable); see 'flask stats list'.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 100_000),
+            default=None,
+            help="Rows per database batch and members per Redis command [default: STATS_BATCH_SIZE or 1000].",
+        ),
+        click.option(
+            "--jobs",
+            type=click.IntRange(1, 16),
+            default=None,
+            help="Counters worked on in parallel [default: STATS_JOBS or 1].",
+        ),
+        click.option(
+            "--shard",
+            type=ShardType(),
+            default=None,
+            help="Do only part INDEX of TOTAL (members whose id % TOTAL == INDEX), e.g. 0/4.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report on stdout."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@stats_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_counters(as_json):
+    """Print every counter's Redis key and what it counts."""
+    if as_json:
+        click.echo(json.dumps([{"key": c.key, "counts": c.describe()} for c in COUNTERS], indent=2))
+        return
+    width = max(len(c.key) for c in COUNTERS)
+    for counter in COUNTERS:
+        click.echo(f"{counter.key:<{width}}  {counter.describe()}")
+
+
+@stats_cli.command("check")
+@_common_options
+@click.option("--examples", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Wrong members to show.")
+def check(only, batch_size, jobs, shard, as_json, examples):
+    """Compare every counter with the database and change nothing; exit 3 on drift."""
+    report = _run(only, batch_size, jobs, shard, dry_run=True, examples=examples)
+    _render(report, as_json, examples)
+    _fail_if_broken(report)
+    if report.drift:
+        raise SystemExit(EXIT_DRIFT)
+
+
+@stats_cli.command("fix")
+@_common_options
+@click.option("--rebuild", is_flag=True, help="Rebuild every selected counter from scratch, then reconcile.")
+def fix(only, batch_size, jobs, shard, as_json, rebuild):
+    """Make every counter in Redis equal to what the database says."""
+    if rebuild and shard is not None:
+        raise click.UsageError("--rebuild replaces whole keys and cannot be combined with --shard")
+    report = _run(only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild)
+    _render(report, as_json, examples=0)
+    _fail_if_broken(report)
+
+
+def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10):
+    try:
+        counters = select_counters(only)
+    except UnknownCounter as exc:
+        raise click.BadParameter(f"{exc}", param_hint="'--only'")
+    batch_size = batch_size or _setting("STATS_BATCH_SIZE", int, minimum=1)
+    jobs = jobs or _setting("STATS_JOBS", int, minimum=1)
+    settle = _setting("STATS_SETTLE_SECONDS", float, minimum=0)
+    lock_ttl = _setting("STATS_LOCK_TTL", float, minimum=1)
+
+    engine = connect_database(require_tables=True)
+    redis = connect_redis()
+
+    def on_result(result):
+        level = logging.ERROR if result.error else logging.INFO
+        log.log(
+            level,
+            "counter=%s mode=%s scanned=%d wrong=%d added=%d changed=%d removed=%d skipped=%d seconds=%.3f%s",
+            result.counter, result.mode, result.scanned, result.wrong, result.added, result.changed,
+            result.removed, result.skipped, result.seconds, f" error={result.error!r}" if result.error else "",
+        )
+
+    with _stop_signals() as stop, _lock(redis, shard, lock_ttl, enabled=not dry_run) as lock:
+
+        def heartbeat():
+            if stop.signal_name:
+                raise Interrupted(stop.signal_name)
+            if lock is not None:
+                lock.check()
+
+        repair = RepairEngine(
+            redis,
+            engine,
+            batch_size=batch_size,
+            settle=settle,
+            dry_run=dry_run,
+            rebuild=rebuild,
+            shard=shard,
+            jobs=jobs,
+            max_examples=examples,
+            heartbeat=heartbeat,
+            on_result=on_result,
+        )
+        try:
+            return repair.run(counters)
+        except Interrupted as exc:
+            raise Stopped(str(exc), exc.signal_name)
+        except LockLost as exc:
+            raise RuntimeFailure(str(exc))
+
+
+def _setting(name, kind, minimum):
+    raw = current_app.config.get(name)
+    try:
+        value = kind(raw)
+        if value < minimum:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of at least {minimum}, got {raw!r}")
+    return value
+
+
+class _StopFlag:
+    signal_name = ""
+
+
+@contextmanager
+def _stop_signals():
+    """Turn SIGTERM and SIGINT into a flag checked between batches."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handle(signum, frame):
+        flag.signal_name = signal.Signals(signum).name
+        log.warning("%s received; stopping after the current batch", flag.signal_name)
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _lock(redis, shard, ttl, enabled):
+    if not enabled:
+        yield None
+        return
+    key = LOCK_KEY if shard is None else f"{LOCK_KEY}:{shard.index}/{shard.total}"
+    lock = RunLock(redis, key=key, ttl=ttl)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise LockBusy(f"{exc}; try again later")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _render(report, as_json, examples):
+    if as_json:
+        click.echo(json.dumps(report.as_dict(examples=examples), indent=2, default=str))
+        return
+    columns = ("scanned", "wrong", "added", "changed", "removed", "skipped")
+    width = max([len("counter")] + [len(r.counter) for r in report.results])
+    header = f"{'counter':<{width}}  {'mode':<9}" + "".join(f"{c:>9}" for c in columns) + f"{'seconds':>9}"
+    click.echo(header)
+    for r in report.results:
+        line = f"{r.counter:<{width}}  {r.mode:<9}" + "".join(f"{getattr(r, c):>9}" for c in columns)
+        line += f"{r.seconds:>9.3f}"
+        if r.error:
+            line += f"  FAILED: {r.error}"
+        elif r.note:
+            line += f"  ({r.note})"
+        click.echo(line)
+    totals = report.totals
+    click.echo(
+        f"{'total':<{width}}  {'':<9}" + "".join(f"{totals[c]:>9}" for c in columns) + f"{totals['seconds']:>9.3f}"
+    )
+    shown = report.examples(examples)
+    if shown:
+        click.echo(f"\nexamples (first {len(shown)}):")
+        for d in shown:
+            wrong = "absent" if d.wrong is None else d.wrong
+            click.echo(f"  {d.counter} id={d.id} redis={wrong} database={d.right}")
+
+
+def _fail_if_broken(report):
+    if report.failed:
+        names = ", ".join(r.counter for r in report.failed)
+        raise RuntimeFailure(f"{len(report.failed)} counter(s) failed: {names}; first error: {report.failed[0].error}")

