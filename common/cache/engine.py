@@ -225,6 +225,8 @@ class RepairEngine:
     ``redis`` is a redis-py client created with ``decode_responses=True``; ``db`` is a
     SQLAlchemy engine. ``heartbeat`` is called between batches and may raise (for
     example :class:`Interrupted` on SIGTERM or :class:`LockLost`) to stop the run.
+    ``on_result(result)`` is called as each counter finishes and
+    ``on_progress(key, members)`` after each database batch of the reconcile pass.
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class RepairEngine:
         attempts: int = 3,
         heartbeat: Callable[[], None] = lambda: None,
         on_result: Callable[[CounterResult], None] = lambda result: None,
+        on_progress: Callable[[str, int], None] = lambda key, members: None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -257,6 +260,7 @@ class RepairEngine:
         self.attempts = attempts
         self.heartbeat = heartbeat
         self.on_result = on_result
+        self.on_progress = on_progress
         self.token = uuid.uuid4().hex[:12]
         self._cas = redis.register_script(_CAS)
         self._swap = redis.register_script(_SWAP)
@@ -391,6 +395,7 @@ class RepairEngine:
                     else:
                         pending.append(_Candidate(member, int(member_id), score, count, now))
                 result.scanned += len(chunk)
+                self.on_progress(key, len(chunk))
                 confirmed += self._settle(conn, counter, result, pending, force=False)
             confirmed += self._settle(conn, counter, result, pending, force=True)
 
