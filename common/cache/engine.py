@@ -25,12 +25,14 @@ batches); no Redis command carries more than ``batch_size`` members.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -81,6 +83,14 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 return old
 """
+
+
+_END = object()
+
+
+@dataclass
+class _Failed:
+    exc: BaseException
 
 
 def parse_member(member) -> Optional[int]:
@@ -372,6 +382,70 @@ class RepairEngine:
         for chunk in result.partitions(self.batch_size):
             yield chunk
 
+    def _prefetch(self, stmt) -> Iterator[list]:
+        """Stream ``stmt`` from a reader thread, at most two batches ahead.
+
+        The database computes and sends the next batch while this thread does the
+        Redis work for the current one. If the consumer stops early, the reader's
+        connection is invalidated rather than drained (draining an unbuffered
+        million-row result would take as long as reading it).
+        """
+        batches: queue.Queue = queue.Queue(maxsize=2)
+        cancel = threading.Event()
+
+        def offer(item) -> bool:
+            """Queue ``item`` unless the consumer has gone; tell whether it was queued."""
+            while not cancel.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read():
+            try:
+                with self.db.connect() as conn:
+                    result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
+                    try:
+                        for chunk in result.partitions(self.batch_size):
+                            if not offer(chunk):
+                                self._abandon(conn)
+                                break
+                    finally:
+                        try:
+                            result.close()
+                        except SQLAlchemyError:
+                            conn.invalidate()
+                offer(_END)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                offer(_Failed(exc))
+
+        reader = threading.Thread(target=read, name="stats-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = batches.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.exc
+                yield item
+        finally:
+            cancel.set()
+            reader.join()
+
+    def _abandon(self, conn):
+        """Stop a streaming MySQL query server-side so closing it need not read the rest."""
+        if conn.dialect.name not in ("mysql", "mariadb"):
+            return
+        try:
+            thread_id = conn.connection.dbapi_connection.thread_id()
+            with self.db.connect() as other:
+                other.exec_driver_sql(f"KILL QUERY {int(thread_id)}")
+        except (SQLAlchemyError, AttributeError) as exc:
+            log.warning("could not stop an abandoned query (it will be drained): %s", _one_line(exc))
+
     def _db_counts(self, conn, counter, member_ids: list) -> dict:
         """Return {id: count} for the given ids (ids with count 0 are absent)."""
         member = counter.member_column()
@@ -382,8 +456,8 @@ class RepairEngine:
         key = counter.key
         pending: deque = deque()
         confirmed = 0  # database members known to be present in Redis with a score
-        with self.db.connect() as stream_conn, self.db.connect() as conn:
-            for chunk in self._stream(stream_conn, self._ordered(counter)):
+        with self.db.connect() as conn, closing(self._prefetch(self._ordered(counter))) as batches:
+            for chunk in batches:
                 self._beat()
                 ids = [str(m) for m, _ in chunk]
                 scores = self.redis.zmscore(key, ids)
@@ -549,9 +623,9 @@ class RepairEngine:
         written = present = 0
         swapped = False
         try:
-            with self.db.connect() as conn:
-                # Always the whole counter: a rebuild replaces the whole key.
-                for chunk in self._stream(conn, self._ordered(counter, with_shard=False)):
+            # Always the whole counter: a rebuild replaces the whole key.
+            with closing(self._prefetch(self._ordered(counter, with_shard=False))) as batches:
+                for chunk in batches:
                     self._beat()
                     mapping = {str(m): int(n) for m, n in chunk}
                     if live_is_zset:
