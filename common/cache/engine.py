@@ -370,9 +370,14 @@ class RepairEngine:
 
     # -- reconcile -----------------------------------------------------------------
 
+    @staticmethod
+    def ordered_query(counter):
+        """Return the counter's query as the reconcile pass streams it: in member order."""
+        return counter.query.order_by(counter.member_column())
+
     def _ordered(self, counter, with_shard=True):
         member = counter.member_column()
-        stmt = counter.query.order_by(member)
+        stmt = self.ordered_query(counter)
         if with_shard and self.shard is not None and self.shard.total > 1:
             stmt = stmt.where(member % self.shard.total == self.shard.index)
         return stmt

@@ -1,0 +1,60 @@
+"""Query plans of the counters' source queries, for ``flask stats explain``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import inspect, text
+
+
+@dataclass
+class Plan:
+    """How the database runs one counter's query, and the index that would help."""
+
+    counter: str
+    sql: str
+    columns: list
+    rows: list
+    index_only: bool
+    covering_index_exists: bool
+    suggestion: str = ""
+    notes: list = field(default_factory=list)
+
+
+def compile_query(engine, stmt) -> str:
+    """Render a statement as the SQL the database receives, with literal values."""
+    return str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def covering_index_ddl(counter) -> str:
+    table, columns = counter.covering_index
+    return f"CREATE INDEX ix_{table}_{'_'.join(columns)} ON {table} ({', '.join(columns)})"
+
+
+def has_index(conn, table, columns) -> bool:
+    """Tell whether some index of ``table`` starts with ``columns`` in that order."""
+    for index in inspect(conn).get_indexes(table) + [
+        {"column_names": c["column_names"]} for c in inspect(conn).get_unique_constraints(table)
+    ]:
+        if list(index["column_names"][: len(columns)]) == list(columns):
+            return True
+    return False
+
+
+def explain(engine, counter, stmt) -> Plan:
+    """EXPLAIN ``stmt`` (the counter's query as the engine issues it)."""
+    sql = compile_query(engine, stmt)
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    with engine.connect() as conn:
+        result = conn.execute(text(("EXPLAIN " if mysql else "EXPLAIN QUERY PLAN ") + sql))
+        columns, rows = list(result.keys()), [tuple(r) for r in result]
+        table, index_columns = counter.covering_index
+        exists = has_index(conn, table, index_columns)
+    if mysql:
+        extra = [str(dict(zip(columns, r)).get("Extra") or "") for r in rows]
+        index_only = all("Using index" in e for e in extra)
+    else:
+        index_only = all("COVERING INDEX" in str(r[-1]) for r in rows)
+    plan = Plan(counter.key, sql, columns, rows, index_only, exists)
+    if not index_only and not exists:
+        plan.suggestion = covering_index_ddl(counter)
+    return plan

@@ -1,0 +1,39 @@
+"""``flask stats explain``: each counter's query plan and the index that would help it."""
+import click
+
+from common.cache.engine import RepairEngine
+from common.cache.plan import explain
+from common.cache.statistic import select_counters
+from common.exceptions import UnknownCounter
+from toutiao.cli.connect import connect_database
+from toutiao.cli.stats import stats_cli
+
+
+@stats_cli.command("explain")
+@click.option("--only", "only", multiple=True, metavar="KEY", help="Only this counter (repeatable).")
+def explain_counters(only):
+    """Print each counter's query plan and the optional covering index that makes it index-only.
+
+    The indexes are suggestions for a DBA: nothing here creates one.
+    """
+    try:
+        counters = select_counters(only)
+    except UnknownCounter as exc:
+        raise click.BadParameter(str(exc), param_hint="'--only'")
+    engine = connect_database(require_tables=True)
+    for counter in counters:
+        stmt = RepairEngine.ordered_query(counter)
+        plan = explain(engine, counter, stmt)
+        click.echo(f"{counter.key}: {counter.describe()}")
+        click.echo(f"  {plan.sql.replace(chr(10), ' ')}")
+        widths = [max(len(str(c)), *(len(str(r[i])) for r in plan.rows)) for i, c in enumerate(plan.columns)]
+        click.echo("  " + "  ".join(str(c).ljust(w) for c, w in zip(plan.columns, widths)))
+        for row in plan.rows:
+            click.echo("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+        if plan.index_only:
+            click.echo("  index-only scan: yes")
+        elif plan.covering_index_exists:
+            click.echo("  index-only scan: no (the covering index exists; the planner chose otherwise)")
+        else:
+            click.echo(f"  index-only scan: no; optional covering index: {plan.suggestion};")
+        click.echo("")
