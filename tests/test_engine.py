@@ -352,3 +352,44 @@ def test_parse_member_accepts_only_canonical_ids():
     assert parse_member("0") == 0
     for junk in ["007", "-1", "1.0", "abc", "", " 1", str(2**64)]:
         assert parse_member(junk) is None
+
+
+# -- traffic during a rebuild ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", ["missing key", "--rebuild", "wrong type"])
+def test_increments_committed_during_a_rebuild_are_not_lost(engine, redis, start):
+    seed_database(engine, users=80)
+    key = "count:user:followers"
+    fix(engine, redis)
+    if start == "missing key":
+        redis.delete(key)
+    elif start == "wrong type":
+        redis.delete(key)
+        redis.set(key, "x")
+    targets = sorted(expected(engine, key), key=int)
+    beats = []
+
+    def follow_between_batches():
+        # The app's write path: commit the row, then bump the counter.
+        beats.append(1)
+        n = len(beats)
+        if n % 3 == 0 and n < 60:
+            target = targets[(n * 7) % len(targets)]
+            with engine.begin() as conn:
+                conn.execute(
+                    text("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (:u, :t, 1)"),
+                    {"u": 100_000 + n, "t": target},
+                )
+            if redis.type(key) in ("zset", "none"):
+                redis.zincrby(key, 1, target)
+
+    report = RepairEngine(
+        redis, engine, batch_size=4, settle=0.01, rebuild=start == "--rebuild", heartbeat=follow_between_batches
+    ).run([Statistic.registry[key]])
+
+    assert len(beats) > 20
+    assert result_of(report, key).mode == "rebuild"
+    assert wrong_members(engine, redis, [key]) == {}
+    assert [k for k in redis.scan_iter("{count:*")] == []
+    assert not redis.exists(STAGING_REGISTRY)

@@ -71,12 +71,19 @@ return 1
 """
 
 # Replace KEYS[1] with KEYS[2] atomically; an absent staging key means "empty counter".
-# UNLINK first so the old value is freed in the background, not by RENAME's blocking DEL.
+# UNLINK first so the old value is freed in the background, not by RENAME's blocking DEL;
+# with ARGV[1] == '1' a sorted-set old value is moved aside to KEYS[3] instead (after a
+# rebuild of a missing key it holds exactly what traffic touched during the build).
 # Returns the old value's member count when it was a sorted set, else -1.
 _SWAP = """
 local old = -1
-if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then old = redis.call('ZCARD', KEYS[1]) end
-redis.call('UNLINK', KEYS[1])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'zset' then old = redis.call('ZCARD', KEYS[1]) end
+if ARGV[1] == '1' and kind == 'zset' then
+  redis.call('RENAME', KEYS[1], KEYS[3])
+else
+  redis.call('UNLINK', KEYS[1])
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PERSIST', KEYS[2])
   redis.call('RENAME', KEYS[2], KEYS[1])
@@ -101,6 +108,34 @@ def parse_member(member) -> Optional[int]:
         return None
     value = int(member)
     return value if value <= _MAX_ID else None
+
+
+class IdBitmap:
+    """The ids a reconcile pass saw in the database, one bit each.
+
+    1 MB covers 8 million ids, so the sweep for strays can tell a member the database
+    counts from one it does not without a query per member. Ids at or above ``limit``
+    are not stored; :meth:`knows` says so and the caller asks the database instead.
+    """
+
+    def __init__(self, limit: int = 1 << 27):
+        self.limit = limit
+        self.bits = bytearray()
+
+    def add(self, member_id: int):
+        if member_id >= self.limit:
+            return
+        byte = member_id >> 3
+        if byte >= len(self.bits):
+            self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
+        self.bits[byte] |= 1 << (member_id & 7)
+
+    def knows(self, member_id: int) -> bool:
+        return member_id < self.limit
+
+    def __contains__(self, member_id: int) -> bool:
+        byte = member_id >> 3
+        return byte < len(self.bits) and bool(self.bits[byte] & (1 << (member_id & 7)))
 
 
 @dataclass(frozen=True)
@@ -361,7 +396,9 @@ class RepairEngine:
                 return
             self._rebuild(counter, result, reason=f"key held a {kind}")
         elif kind == "none" and not self.dry_run and owner:
-            self._rebuild(counter, result, reason="key was missing")
+            touched, recent = self._rebuild(counter, result, reason="key was missing", keep_touched=True)
+            self._catch_up(counter, result, touched, recent)
+            return
         elif self.rebuild and not self.dry_run:
             self._rebuild(counter, result, reason="--rebuild")
         elif self.dry_run:
@@ -410,7 +447,7 @@ class RepairEngine:
 
         def read():
             try:
-                with self.db.connect() as conn:
+                with self._connect() as conn:
                     result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
                     try:
                         for chunk in result.partitions(self.batch_size):
@@ -440,13 +477,21 @@ class RepairEngine:
             cancel.set()
             reader.join()
 
+    def _connect(self):
+        """Open a database connection in autocommit: every read sees the latest commits.
+
+        Under REPEATABLE READ, a connection kept for a whole pass would answer the
+        settle re-reads from its first snapshot and hide the traffic they look for.
+        """
+        return self.db.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def _abandon(self, conn):
         """Stop a streaming MySQL query server-side so closing it need not read the rest."""
         if conn.dialect.name not in ("mysql", "mariadb"):
             return
         try:
             thread_id = conn.connection.dbapi_connection.thread_id()
-            with self.db.connect() as other:
+            with self._connect() as other:
                 other.exec_driver_sql(f"KILL QUERY {int(thread_id)}")
         except (SQLAlchemyError, AttributeError) as exc:
             log.warning("could not stop an abandoned query (it will be drained): %s", _one_line(exc))
@@ -461,13 +506,15 @@ class RepairEngine:
         key = counter.key
         pending: deque = deque()
         confirmed = 0  # database members known to be present in Redis with a score
-        with self.db.connect() as conn, closing(self._prefetch(self._ordered(counter))) as batches:
+        seen = IdBitmap()
+        with self._connect() as conn, closing(self._prefetch(self._ordered(counter))) as batches:
             for chunk in batches:
                 self._beat()
                 ids = [str(m) for m, _ in chunk]
                 scores = self.redis.zmscore(key, ids)
                 now = time.monotonic()
                 for (member_id, count), member, score in zip(chunk, ids, scores):
+                    seen.add(int(member_id))
                     count = _count(count)
                     if _same(score, count):
                         confirmed += count is not None
@@ -481,10 +528,10 @@ class RepairEngine:
             # Strays: every database member is now present, so any extra member is one.
             if self.shard is None and not result.skipped and self.redis.zcard(key) == confirmed:
                 return
-            self._sweep(conn, counter, result, pending)
+            self._sweep(conn, counter, result, pending, seen)
             self._settle(conn, counter, result, pending, force=True)
 
-    def _sweep(self, conn, counter, result: CounterResult, pending: deque):
+    def _sweep(self, conn, counter, result: CounterResult, pending: deque, seen: IdBitmap):
         key = counter.key
         cursor = 0
         while True:
@@ -492,22 +539,28 @@ class RepairEngine:
             cursor, items = self.redis.zscan(key, cursor, count=self.batch_size)
             for start in range(0, len(items), self.batch_size):
                 batch = items[start : start + self.batch_size]
-                self._sweep_batch(conn, counter, result, pending, batch)
+                self._sweep_batch(conn, counter, result, pending, batch, seen)
                 self._settle(conn, counter, result, pending, force=False)
             if cursor == 0:
                 break
 
-    def _sweep_batch(self, conn, counter, result, pending, batch):
+    def _sweep_batch(self, conn, counter, result, pending, batch, seen: IdBitmap):
         key = counter.key
         ids, junk = {}, []
+        now = time.monotonic()
         for member, score in batch:
             member_id = parse_member(member)
             if not self.shard_owns(member_id):
                 continue
             if member_id is None:
                 junk.append((member, score))
-            else:
-                ids[member_id] = (member, score)
+            elif not seen.knows(member_id):
+                ids[member_id] = (member, score)  # beyond the bitmap: ask the database
+            elif member_id not in seen:
+                # Counted nowhere when the pass went by: a stray, unless traffic added
+                # it since; the settle re-read tells.
+                result.scanned += 1
+                pending.append(_Candidate(member, member_id, score, None, now))
         if junk:
             result.scanned += len(junk)
             result.wrong += len(junk)
@@ -518,7 +571,6 @@ class RepairEngine:
         if not ids:
             return
         counts = self._db_counts(conn, counter, list(ids))
-        now = time.monotonic()
         for member_id, (member, score) in ids.items():
             # Members the database counts were compared by the reconcile pass; only
             # strays (counted nowhere) are new here.
@@ -607,7 +659,7 @@ class RepairEngine:
             result.examples.append(Drift(counter.key, str(member), score, int(right)))
 
     def _count_all_missing(self, counter, result, wrong):
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             for chunk in self._stream(conn, self._ordered(counter)):
                 self._beat()
                 result.scanned += len(chunk)
@@ -617,16 +669,24 @@ class RepairEngine:
 
     # -- rebuild -------------------------------------------------------------------
 
-    def _rebuild(self, counter, result: CounterResult, reason: str):
-        """Build the whole counter under a staging key and swap it in atomically."""
+    def _rebuild(self, counter, result: CounterResult, reason: str, keep_touched: bool = False):
+        """Build the whole counter under a staging key and swap it in atomically.
+
+        With ``keep_touched`` (the key was missing when the build started) the live key
+        at swap time holds only what traffic incremented meanwhile; it is moved aside
+        and returned, with the ids of the last batches read, for :meth:`_catch_up`.
+        """
         key = counter.key
         staging = f"{{{key}}}:staging:{self.token}"
+        touched = f"{{{key}}}:touched:{self.token}"
         live_is_zset = self.redis.type(key) in ("zset", b"zset")
         result.mode = "rebuild"
         result.note = reason
-        self.redis.sadd(STAGING_REGISTRY, staging)
+        self.redis.sadd(STAGING_REGISTRY, *([staging, touched] if keep_touched else [staging]))
         written = present = 0
         swapped = False
+        recent: deque = deque()  # (monotonic time, ids) of the last batches read
+        window = 2 * self.settle + 0.5
         try:
             # Always the whole counter: a rebuild replaces the whole key.
             with closing(self._prefetch(self._ordered(counter, with_shard=False))) as batches:
@@ -650,17 +710,65 @@ class RepairEngine:
                     pipe.expire(staging, STAGING_TTL_SECONDS)
                     pipe.execute()
                     written += len(mapping)
+                    now = time.monotonic()
+                    recent.append((now, [int(m) for m, _ in chunk]))
+                    while len(recent) > 3 and (recent[0][0] < now - window or len(recent) > 64):
+                        recent.popleft()
             self._beat()
-            old_members = self._swap(keys=[key, staging])
+            old_members = self._swap(keys=[key, staging, touched], args=["1" if keep_touched else "0"])
             swapped = True
-            if old_members > present:
+            if old_members > present and not keep_touched:
                 result.wrong += old_members - present
                 result.removed += old_members - present
             log.info("rebuilt %s (%s): %d members swapped in", key, reason, written)
         finally:
             if not swapped:
-                self.redis.unlink(staging)
+                self.redis.unlink(staging, touched)
+                self.redis.srem(STAGING_REGISTRY, touched)
             self.redis.srem(STAGING_REGISTRY, staging)
+        return touched, [member_id for _, ids in recent for member_id in ids]
+
+    def _catch_up(self, counter, result: CounterResult, touched: str, recent: list):
+        """After rebuilding a missing key, recheck only what may have changed meanwhile.
+
+        The swap dropped the increments traffic made during the build (they are in
+        ``touched``), and a commit read just before the swap may see its increment land
+        after it (``recent``). Every other member is exactly as the database said.
+        """
+        pending: deque = deque()
+        try:
+            with self._connect() as conn:
+                for start in range(0, len(recent), self.batch_size):
+                    self._check_ids(conn, counter, result, pending, recent[start : start + self.batch_size])
+                    self._settle(conn, counter, result, pending, force=False)
+                cursor = 0
+                while True:
+                    self._beat()
+                    cursor, items = self.redis.zscan(touched, cursor, count=self.batch_size)
+                    ids = [i for i in (parse_member(m) for m, _ in items) if i is not None]
+                    for start in range(0, len(ids), self.batch_size):
+                        self._check_ids(conn, counter, result, pending, ids[start : start + self.batch_size])
+                        self._settle(conn, counter, result, pending, force=False)
+                    if cursor == 0:
+                        break
+                self._settle(conn, counter, result, pending, force=True)
+        finally:
+            self.redis.unlink(touched)
+            self.redis.srem(STAGING_REGISTRY, touched)
+
+    def _check_ids(self, conn, counter, result, pending: deque, member_ids: list):
+        """Compare some ids (Redis first, then the database); queue the mismatches."""
+        if not member_ids:
+            return
+        members = [str(i) for i in member_ids]
+        scores = self.redis.zmscore(counter.key, members)
+        counts = self._db_counts(conn, counter, member_ids)
+        now = time.monotonic()
+        result.scanned += len(member_ids)
+        for member_id, member, score in zip(member_ids, members, scores):
+            count = _count(counts.get(member_id))
+            if not _same(score, count):
+                pending.append(_Candidate(member, member_id, score, count, now))
 
 
 def _one_line(exc: BaseException) -> str:
