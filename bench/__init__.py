@@ -1,0 +1,1 @@
+"""The stats repair benchmark: generate a toutiao database at scale, run the old job and ours."""
