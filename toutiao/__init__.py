@@ -43,6 +43,9 @@ def register_extensions(app):
 
 def register_blueprints(app):
     """The JSON API; see toutiao/resources."""
+    from toutiao.resources import register
+
+    register(app)
 
 
 def register_commands(app):
