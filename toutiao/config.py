@@ -33,6 +33,10 @@ class Config:
         self.PUSHGATEWAY_URL = env("PUSHGATEWAY_URL") or None
         #: json, text or auto (JSON unless stdout is a terminal).
         self.LOG_FORMAT = env("LOG_FORMAT", "auto")
+        #: When ``flask stats scheduler`` runs the fix: a crontab line (minute hour day month weekday).
+        self.STATS_SCHEDULE = env("STATS_SCHEDULE", "0 3 * * *")
+        #: The IANA time zone STATS_SCHEDULE is read in, e.g. Asia/Shanghai.
+        self.STATS_TIMEZONE = env("STATS_TIMEZONE", "UTC")
 
 
 class TestConfig(Config):
