@@ -29,6 +29,11 @@ class Config:
         self.STATS_LOCK_TTL = env("STATS_LOCK_TTL", "60")
         #: Counters repaired in parallel (each uses two database connections).
         self.STATS_JOBS = env("STATS_JOBS", "1")
+        #: Sentinels as host:port,host:port; set, they name the Redis master (REDIS_URL then
+        #: only gives the password and database number).
+        self.REDIS_SENTINELS = env("REDIS_SENTINELS") or None
+        #: The master's name in the sentinels' configuration (``sentinel monitor NAME ...``).
+        self.REDIS_SENTINEL_SERVICE_NAME = env("REDIS_SENTINEL_SERVICE_NAME") or None
         #: http://host:9091 of a Prometheus Pushgateway; unset: no metrics are pushed.
         self.PUSHGATEWAY_URL = env("PUSHGATEWAY_URL") or None
         #: json, text or auto (JSON unless stdout is a terminal).
@@ -50,5 +55,5 @@ class TestConfig(Config):
         self.REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
         self.STATS_SETTLE_SECONDS = "0.02"
         # A developer's deployment settings must not leak into the tests; tests that need
-        # a Pushgateway set it themselves.
-        self.PUSHGATEWAY_URL = None
+        # a sentinel or a Pushgateway set these themselves.
+        self.REDIS_SENTINELS = self.REDIS_SENTINEL_SERVICE_NAME = self.PUSHGATEWAY_URL = None

