@@ -160,19 +160,9 @@ MOVES = {
 }
 
 
-# Statistic.incr (ZINCRBY) leaves a member at score 0 when its count drops to 0, where
-# the database's count is "absent"; remove this mark once incr drops such members.
-LEAVES_A_ZERO = pytest.mark.xfail(strict=True, reason="Statistic.incr leaves a 0 score for a count of 0")
-ENDS_AT_ZERO = {
-    "unfollow", "blacklist a followed user unfollows", "uncollect", "cancel a like", "cancel a dislike",
-    "like a disliked article", "dislike a liked article", "unlike a comment", "uncollect twice",
-}
-
-
 def cases(table):
     """Return a table's rows as pytest params named by their keys."""
-    marks = {name: LEAVES_A_ZERO for name in ENDS_AT_ZERO}
-    return [pytest.param(*case, id=name, marks=marks.get(name, ())) for name, case in table.items()]
+    return [pytest.param(*case, id=name) for name, case in table.items()]
 
 
 @pytest.mark.parametrize("earlier, step, status, moved", cases(MOVES))

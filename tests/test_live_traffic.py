@@ -147,18 +147,6 @@ VARIANTS = {f"drifted-{i}": ((), False) for i in range(1, 6)} | {
 }
 
 
-# Known gaps, each reported with a reproduction; remove this mark once they are closed
-# (`pytest --runxfail tests/test_live_traffic.py` shows the failures meanwhile):
-# - the reconcile pass takes "Redis == the streamed count" as proof, but the stream is
-#   a snapshot as old as its query, so a wrong score that traffic brought level with an
-#   old count is never looked at again;
-# - Statistic.incr leaves a 0 score where a count of 0 must be absent;
-# - with every key deleted (about 2000 wrong members) some members keep changing for
-#   the three re-reads under this traffic; the fix reports them skipped and they stay wrong.
-KNOWN_GAPS = pytest.mark.xfail(reason="known repair gaps under live traffic; see the comment above", strict=False)
-
-
-@KNOWN_GAPS
 @pytest.mark.parametrize("options, delete_keys", VARIANTS.values(), ids=VARIANTS.keys())
 def test_fix_under_live_traffic_leaves_no_member_wrong(app, config, engine, redis, options, delete_keys, request):
     seed_database(engine, users=USERS)

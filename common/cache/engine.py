@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.cache.plan import has_index
 from common.cache.statistic import Statistic
 from common.exceptions import Interrupted, LockLost, StatsError
 
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Redis set listing the staging keys of runs in progress, so a killed run's are freed.
 STAGING_REGISTRY = "stats:fix:staging"
+#: Session tmp_table_size for a streamed GROUP BY on MySQL/MariaDB (server memory,
+#: per running stream, only while it runs).
+TMP_TABLE_BYTES = 128 * 1024 * 1024
 #: Staging keys expire on their own if everything else fails.
 STAGING_TTL_SECONDS = 6 * 3600
 
@@ -286,7 +290,7 @@ class RepairEngine:
         shard: Optional[Shard] = None,
         jobs: int = 1,
         max_examples: int = 10,
-        attempts: int = 3,
+        attempts: int = 6,
         heartbeat: Callable[[], None] = lambda: None,
         on_result: Callable[[CounterResult], None] = lambda result: None,
         on_progress: Callable[[str, int], None] = lambda key, members: None,
@@ -310,6 +314,7 @@ class RepairEngine:
         self._cas = redis.register_script(_CAS)
         self._swap = redis.register_script(_SWAP)
         self._stop = threading.Event()
+        self._covering: dict = {}
 
     # -- the run -------------------------------------------------------------------
 
@@ -326,8 +331,11 @@ class RepairEngine:
                 for counter in counters:
                     results[counter.key] = self._repair_reported(counter)
             else:
+                # Longest first (by current size), so the short ones fill the tail.
+                sizes = {c.key: self._size(c.key) for c in counters}
+                ordered = sorted(counters, key=lambda c: -sizes[c.key])
                 with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stats") as pool:
-                    futures = {c.key: pool.submit(self._repair_reported, c) for c in counters}
+                    futures = {c.key: pool.submit(self._repair_reported, c) for c in ordered}
                     for key, future in futures.items():
                         results[key] = future.result()
         except (Interrupted, LockLost) as exc:
@@ -338,6 +346,12 @@ class RepairEngine:
             report.results = [results[c.key] for c in counters if c.key in results]
             report.seconds = time.monotonic() - started
         return report
+
+    def _size(self, key) -> int:
+        try:
+            return self.redis.zcard(key)
+        except ResponseError:  # a key of the wrong type
+            return 0
 
     def clean_staging(self) -> int:
         """Free staging keys a killed run left behind; return how many were freed."""
@@ -407,14 +421,9 @@ class RepairEngine:
 
     # -- reconcile -----------------------------------------------------------------
 
-    @staticmethod
-    def ordered_query(counter):
-        """Return the counter's query as the reconcile pass streams it: in member order."""
-        return counter.query.order_by(counter.member_column())
-
     def _ordered(self, counter, with_shard=True):
         member = counter.member_column()
-        stmt = self.ordered_query(counter)
+        stmt = counter.stream_query(self._has_covering_index(counter))
         if with_shard and self.shard is not None and self.shard.total > 1:
             stmt = stmt.where(member % self.shard.total == self.shard.index)
         return stmt
@@ -448,6 +457,11 @@ class RepairEngine:
         def read():
             try:
                 with self._connect() as conn:
+                    if conn.dialect.name in ("mysql", "mariadb"):
+                        # Keep the GROUP BY's temporary table in memory: the 16 MB default
+                        # spills to disk at several hundred thousand groups, twice as slow.
+                        conn.exec_driver_sql(f"SET SESSION tmp_table_size = {TMP_TABLE_BYTES}, "
+                                             f"max_heap_table_size = {TMP_TABLE_BYTES}")
                     result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
                     try:
                         for chunk in result.partitions(self.batch_size):
@@ -477,6 +491,13 @@ class RepairEngine:
             cancel.set()
             reader.join()
 
+    def _has_covering_index(self, counter) -> bool:
+        if counter.key not in self._covering:
+            table, columns = counter.covering_index
+            with self._connect() as conn:
+                self._covering[counter.key] = has_index(conn, table, columns)
+        return self._covering[counter.key]
+
     def _connect(self):
         """Open a database connection in autocommit: every read sees the latest commits.
 
@@ -503,11 +524,56 @@ class RepairEngine:
         return {int(m): int(n) for m, n in rows}
 
     def _reconcile(self, counter, result: CounterResult):
-        key = counter.key
         pending: deque = deque()
-        confirmed = 0  # database members known to be present in Redis with a score
         seen = IdBitmap()
-        with self._connect() as conn, closing(self._prefetch(self._ordered(counter))) as batches:
+        dirty = self._track(counter)
+        try:
+            with self._connect() as conn:
+                self._reconcile_pass(conn, counter, result, pending, seen)
+                # Strays: members Redis holds that the pass did not see in the database.
+                self._sweep(conn, counter, result, pending, seen)
+                self._settle(conn, counter, result, pending, force=True)
+                if dirty:
+                    self._recheck_dirty(conn, counter, result, pending, dirty)
+        finally:
+            if dirty:
+                self.redis.unlink(dirty)
+                self.redis.srem(STAGING_REGISTRY, dirty)
+
+    def _track(self, counter) -> Optional[str]:
+        """Ask :meth:`Statistic.incr` to record the ids traffic touches from now on.
+
+        The stream answers from a snapshot taken when its query starts, so a wrong score
+        that traffic moves level with that snapshot would look right; the ids touched
+        meanwhile are rechecked with fresh reads at the end. (``check`` writes nothing,
+        so it does not track.)
+        """
+        if self.dry_run:
+            return None
+        dirty = counter.dirty_key()
+        self.redis.sadd(STAGING_REGISTRY, dirty)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(dirty, "*")
+        pipe.expire(dirty, STAGING_TTL_SECONDS)
+        pipe.execute()
+        return dirty
+
+    def _recheck_dirty(self, conn, counter, result, pending, dirty: str):
+        cursor = 0
+        while True:
+            self._beat()
+            cursor, members = self.redis.sscan(dirty, cursor, count=self.batch_size)
+            ids = [i for i in (parse_member(m) for m in members) if i is not None and self.shard_owns(i)]
+            for start in range(0, len(ids), self.batch_size):
+                self._check_ids(conn, counter, result, pending, ids[start : start + self.batch_size], count=False)
+                self._settle(conn, counter, result, pending, force=False)
+            if cursor == 0:
+                break
+        self._settle(conn, counter, result, pending, force=True)
+
+    def _reconcile_pass(self, conn, counter, result: CounterResult, pending: deque, seen: "IdBitmap"):
+        key = counter.key
+        with closing(self._prefetch(self._ordered(counter))) as batches:
             for chunk in batches:
                 self._beat()
                 ids = [str(m) for m, _ in chunk]
@@ -516,19 +582,11 @@ class RepairEngine:
                 for (member_id, count), member, score in zip(chunk, ids, scores):
                     seen.add(int(member_id))
                     count = _count(count)
-                    if _same(score, count):
-                        confirmed += count is not None
-                    else:
+                    if not _same(score, count):
                         pending.append(_Candidate(member, int(member_id), score, count, now))
                 result.scanned += len(chunk)
                 self.on_progress(key, len(chunk))
-                confirmed += self._settle(conn, counter, result, pending, force=False)
-            confirmed += self._settle(conn, counter, result, pending, force=True)
-
-            # Strays: every database member is now present, so any extra member is one.
-            if self.shard is None and not result.skipped and self.redis.zcard(key) == confirmed:
-                return
-            self._sweep(conn, counter, result, pending, seen)
+                self._settle(conn, counter, result, pending, force=False)
             self._settle(conn, counter, result, pending, force=True)
 
     def _sweep(self, conn, counter, result: CounterResult, pending: deque, seen: IdBitmap):
@@ -582,9 +640,8 @@ class RepairEngine:
     def shard_owns(self, member_id) -> bool:
         return self.shard is None or self.shard.owns(member_id)
 
-    def _settle(self, conn, counter, result: CounterResult, pending: deque, *, force: bool) -> int:
-        """Re-read candidates old enough; correct stable drift. Return members confirmed present."""
-        confirmed = 0
+    def _settle(self, conn, counter, result: CounterResult, pending: deque, *, force: bool):
+        """Re-read candidates old enough; correct the stable drift."""
         limit = 4 * self.batch_size
         while pending:
             wait = pending[0].seen + self.settle - time.monotonic()
@@ -598,21 +655,19 @@ class RepairEngine:
                 ready.append(pending.popleft())
             if ready:
                 self._beat()
-                confirmed += self._recheck(conn, counter, result, pending, ready)
-        return confirmed
+                self._recheck(conn, counter, result, pending, ready)
 
-    def _recheck(self, conn, counter, result, pending, ready: list) -> int:
+    def _recheck(self, conn, counter, result, pending, ready: list):
         key = counter.key
         scores = self.redis.zmscore(key, [c.member for c in ready])  # Redis first,
         counts = self._db_counts(conn, counter, [c.member_id for c in ready])  # then the database.
         now = time.monotonic()
-        confirmed = 0
         stable = []
         for cand, score in zip(ready, scores):
             count = _count(counts.get(cand.member_id))
             if _same(score, count):
-                confirmed += count is not None  # traffic caught up: nothing was wrong
-            elif _same(score, cand.redis) and count == cand.db:
+                continue  # traffic caught up: nothing was wrong
+            if _same(score, cand.redis) and count == cand.db:
                 stable.append((cand, score, count))
             else:
                 self._retry(result, pending, cand, score, count, now)
@@ -620,7 +675,7 @@ class RepairEngine:
             result.wrong += 1
             self._example(result, counter, cand.member, score, count or 0)
         if self.dry_run or not stable:
-            return confirmed
+            return
         pipe = self.redis.pipeline(transaction=False)
         for cand, score, count in stable:
             self._cas(
@@ -639,11 +694,8 @@ class RepairEngine:
                 result.removed += 1
             elif score is None:
                 result.added += 1
-                confirmed += 1
             else:
                 result.changed += 1
-                confirmed += 1
-        return confirmed
 
     def _retry(self, result, pending, cand, score, count, now):
         cand.attempts += 1
@@ -685,8 +737,10 @@ class RepairEngine:
         self.redis.sadd(STAGING_REGISTRY, *([staging, touched] if keep_touched else [staging]))
         written = present = 0
         swapped = False
-        recent: deque = deque()  # (monotonic time, ids) of the last batches read
-        window = 2 * self.settle + 0.5
+        # The ids of the last two batches read. The database answers each query from one
+        # snapshot taken when it starts, so only a commit made just before that whose
+        # increment lands after the swap can slip through; rechecking the tail is cheap.
+        recent: deque = deque(maxlen=2)
         try:
             # Always the whole counter: a rebuild replaces the whole key.
             with closing(self._prefetch(self._ordered(counter, with_shard=False))) as batches:
@@ -710,10 +764,7 @@ class RepairEngine:
                     pipe.expire(staging, STAGING_TTL_SECONDS)
                     pipe.execute()
                     written += len(mapping)
-                    now = time.monotonic()
-                    recent.append((now, [int(m) for m, _ in chunk]))
-                    while len(recent) > 3 and (recent[0][0] < now - window or len(recent) > 64):
-                        recent.popleft()
+                    recent.append([int(m) for m, _ in chunk])
             self._beat()
             old_members = self._swap(keys=[key, staging, touched], args=["1" if keep_touched else "0"])
             swapped = True
@@ -726,7 +777,7 @@ class RepairEngine:
                 self.redis.unlink(staging, touched)
                 self.redis.srem(STAGING_REGISTRY, touched)
             self.redis.srem(STAGING_REGISTRY, staging)
-        return touched, [member_id for _, ids in recent for member_id in ids]
+        return touched, [member_id for ids in recent for member_id in ids]
 
     def _catch_up(self, counter, result: CounterResult, touched: str, recent: list):
         """After rebuilding a missing key, recheck only what may have changed meanwhile.
@@ -756,7 +807,7 @@ class RepairEngine:
             self.redis.unlink(touched)
             self.redis.srem(STAGING_REGISTRY, touched)
 
-    def _check_ids(self, conn, counter, result, pending: deque, member_ids: list):
+    def _check_ids(self, conn, counter, result, pending: deque, member_ids: list, count: bool = True):
         """Compare some ids (Redis first, then the database); queue the mismatches."""
         if not member_ids:
             return
@@ -764,7 +815,8 @@ class RepairEngine:
         scores = self.redis.zmscore(counter.key, members)
         counts = self._db_counts(conn, counter, member_ids)
         now = time.monotonic()
-        result.scanned += len(member_ids)
+        if count:
+            result.scanned += len(member_ids)
         for member_id, member, score in zip(member_ids, members, scores):
             count = _count(counts.get(member_id))
             if not _same(score, count):

@@ -40,15 +40,15 @@ def has_index(conn, table, columns) -> bool:
     return False
 
 
-def explain(engine, counter, stmt) -> Plan:
-    """EXPLAIN ``stmt`` (the counter's query as the engine issues it)."""
-    sql = compile_query(engine, stmt)
+def explain(engine, counter) -> Plan:
+    """EXPLAIN the counter's query exactly as the repair streams it."""
     mysql = engine.dialect.name in ("mysql", "mariadb")
     with engine.connect() as conn:
-        result = conn.execute(text(("EXPLAIN " if mysql else "EXPLAIN QUERY PLAN ") + sql))
-        columns, rows = list(result.keys()), [tuple(r) for r in result]
         table, index_columns = counter.covering_index
         exists = has_index(conn, table, index_columns)
+        sql = compile_query(engine, counter.stream_query(exists))
+        result = conn.execute(text(("EXPLAIN " if mysql else "EXPLAIN QUERY PLAN ") + sql))
+        columns, rows = list(result.keys()), [tuple(r) for r in result]
     if mysql:
         extra = [str(dict(zip(columns, r)).get("Extra") or "") for r in rows]
         index_only = all("Using index" in e for e in extra)

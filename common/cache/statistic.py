@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Integer, Select, cast, func, select
 
 from common.models import Article, Attitude, Collection, Comment, CommentLiking, Relation
+
+
+# ZINCRBY, then drop the member if it reached 0, and note it for a running repair.
+_INCR = """
+local score = redis.call('ZINCRBY', KEYS[1], ARGV[2], ARGV[1])
+if tonumber(score) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return score
+"""
 
 
 class Statistic:
@@ -25,6 +34,11 @@ class Statistic:
     #: (table, columns) of an optional index that makes the query an index-only scan;
     #: documented by ``flask stats explain``, never created by this code.
     covering_index: ClassVar[tuple] = ()
+    #: The model whose table the full stream should read with a table scan (MySQL
+    #: ``USE INDEX ()``) while the covering index is absent. Without it MariaDB walks the
+    #: member's index and fetches every row by primary key in random order: 7-40x
+    #: slower than a scan and a sort at a million users (bench/PLANS.md).
+    stream_scan: ClassVar[object] = None
     registry: ClassVar[dict[str, type["Statistic"]]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -35,6 +49,15 @@ class Statistic:
     def member_column(cls):
         """Return the column whose values are the set's members."""
         return cls.query.selected_columns[0]
+
+    @classmethod
+    def stream_query(cls, covering_index_exists: bool = False) -> Select:
+        """Return the query as the repair streams it: in member order, scanning when that is cheaper."""
+        stmt = cls.query.order_by(cls.member_column())
+        if cls.stream_scan is not None and not covering_index_exists:
+            for dialect in ("mysql", "mariadb"):
+                stmt = stmt.with_hint(cls.stream_scan, "USE INDEX ()", dialect_name=dialect)
+        return stmt
 
     @classmethod
     def describe(cls) -> str:
@@ -56,9 +79,22 @@ class Statistic:
         return [int(s) if s is not None else 0 for s in redis.zmscore(cls.key, ids)]
 
     @classmethod
-    def incr(cls, redis, member_id, increment: int = 1) -> None:
-        """Add ``increment`` to the count of one id; call only after the database commit."""
-        redis.zincrby(cls.key, increment, str(member_id))
+    def dirty_key(cls) -> str:
+        """The set where :meth:`incr` records the ids it touches while a repair tracks them.
+
+        It shares the counter's hash slot, so the increment script works on Redis Cluster.
+        """
+        return f"{{{cls.key}}}:dirty"
+
+    @classmethod
+    def incr(cls, redis, member_id, increment: int = 1):
+        """Add ``increment`` to the count of one id; call only after the database commit.
+
+        A count that reaches 0 leaves the set (a member whose count is 0 is absent). While
+        a repair runs, the id is also recorded in :meth:`dirty_key` so the repair rechecks
+        it. ``redis`` may be a pipeline.
+        """
+        return redis.register_script(_INCR)(keys=[cls.key, cls.dirty_key()], args=[str(member_id), increment], client=redis)
 
 
 class UserArticlesCount(Statistic):
@@ -66,6 +102,7 @@ class UserArticlesCount(Statistic):
 
     key = "count:user:arts"
     covering_index = ("news_article_basic", ('status', 'user_id'))
+    stream_scan = Article
     query = (
         select(Article.user_id, func.count())
         .where(Article.status == Article.STATUS.APPROVED)
@@ -78,6 +115,7 @@ class UserFollowingsCount(Statistic):
 
     key = "count:user:followings"
     covering_index = ("user_relation", ('relation', 'user_id'))
+    stream_scan = Relation
     query = (
         select(Relation.user_id, func.count())
         .where(Relation.relation == Relation.RELATION.FOLLOW)
@@ -90,6 +128,7 @@ class UserFollowersCount(Statistic):
 
     key = "count:user:followers"
     covering_index = ("user_relation", ('relation', 'target_user_id'))
+    stream_scan = Relation
     query = (
         select(Relation.target_user_id, func.count())
         .where(Relation.relation == Relation.RELATION.FOLLOW)
@@ -114,6 +153,7 @@ class UserArticleCollectingCount(Statistic):
 
     key = "count:user:art:collecting"
     covering_index = ("news_collection", ('is_deleted', 'user_id'))
+    stream_scan = Collection
     query = (
         select(Collection.user_id, func.count())
         .where(Collection.is_deleted == 0)
@@ -150,11 +190,18 @@ class UserLikedCount(Statistic):
 
     key = "count:user:liked"
     covering_index = ("news_attitude", ('attitude', 'article_id'))
-    query = (
-        select(Article.user_id, func.count())
-        .select_from(Attitude)
-        .join(Article, Article.id == Attitude.article_id)
+    # Likes are counted per article first, so the join looks articles up in article
+    # order (sequential pages) instead of once per like in random order: 51 s -> 6 s
+    # at a million users (bench/PLANS.md).
+    _likes = (
+        select(Attitude.article_id, func.count().label("likes"))
         .where(Attitude.attitude == Attitude.ATTITUDE.LIKING)
+        .group_by(Attitude.article_id)
+        .subquery("likes")
+    )
+    query = (
+        select(Article.user_id, cast(func.sum(_likes.c.likes), Integer))
+        .join_from(_likes, Article, Article.id == _likes.c.article_id)
         .group_by(Article.user_id)
     )
 
@@ -176,6 +223,7 @@ class ArticleCommentCount(Statistic):
 
     key = "count:art:comm"
     covering_index = ("news_comment", ('status', 'article_id'))
+    stream_scan = Comment
     query = (
         select(Comment.article_id, func.count())
         .where(Comment.status == Comment.STATUS.APPROVED)
@@ -188,6 +236,7 @@ class CommentReplyCount(Statistic):
 
     key = "count:art:reply"
     covering_index = ("news_comment", ('status', 'parent_id'))
+    stream_scan = Comment
     query = (
         select(Comment.parent_id, func.count())
         .where(Comment.status == Comment.STATUS.APPROVED, Comment.parent_id.is_not(None))

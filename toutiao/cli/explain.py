@@ -1,7 +1,6 @@
 """``flask stats explain``: each counter's query plan and the index that would help it."""
 import click
 
-from common.cache.engine import RepairEngine
 from common.cache.plan import explain
 from common.cache.statistic import select_counters
 from common.exceptions import UnknownCounter
@@ -22,8 +21,7 @@ def explain_counters(only):
         raise click.BadParameter(str(exc), param_hint="'--only'")
     engine = connect_database(require_tables=True)
     for counter in counters:
-        stmt = RepairEngine.ordered_query(counter)
-        plan = explain(engine, counter, stmt)
+        plan = explain(engine, counter)
         click.echo(f"{counter.key}: {counter.describe()}")
         click.echo(f"  {plan.sql.replace(chr(10), ' ')}")
         widths = [max(len(str(c)), *(len(str(r[i])) for r in plan.rows)) for i, c in enumerate(plan.columns)]
