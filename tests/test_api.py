@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from common.models import Article, Comment, Relation, User
 from tests.expected import KEYS, actual, expected, wrong_members
+from toutiao import create_app
 
 A, B, AUTHOR, CLOSED_AUTHOR, DISABLED = 1, 2, 3, 4, 5
 ARTICLE, CLOSED_ARTICLE, DRAFT = 10, 11, 12
@@ -340,3 +341,18 @@ def test_a_wrong_method_answers_json(world, client):
     response = client.get("/v1_0/user/followings")
     assert response.status_code == 405
     assert response.get_json()["message"]
+
+
+def test_healthz_answers_without_touching_dependencies(config):
+    config.DATABASE_URL = "mysql+pymysql://root@127.0.0.1:1/nowhere"
+    config.REDIS_URL = "redis://127.0.0.1:1/0"
+    client = create_app(config).test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_is_200_with_both_servers_and_503_naming_the_missing_one(client, config):
+    assert client.get("/readyz").status_code == 200
+    config.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = create_app(config).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["failing"] == ["redis"]

@@ -9,9 +9,10 @@ from werkzeug.exceptions import HTTPException
 
 def register(app):
     """Register the API's blueprints and its JSON error responses."""
-    from toutiao.resources import news, user
+    from toutiao.resources import health, news, user
     from toutiao.resources.errors import ApiError, api_error, http_error
 
+    app.register_blueprint(health.bp)
     app.register_blueprint(user.bp)
     app.register_blueprint(news.bp)
     app.register_error_handler(ApiError, api_error)
