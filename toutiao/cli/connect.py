@@ -13,6 +13,8 @@ def connect_database(require_tables=False):
     """Return the engine after a round trip to the database; check the tables if asked."""
     try:
         engine = database.engine
+    except SettingError as exc:
+        raise ConfigError(str(exc))
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(
             f"DATABASE_URL is malformed ({_first_line(exc)}); "

@@ -207,6 +207,11 @@ def _lock(redis, shard, ttl, enabled):
         lock.acquire()
     except LockHeld as exc:
         raise LockBusy(f"{exc}; try again later")
+    full_run = redis.get(LOCK_KEY) if shard is not None else None
+    if full_run:
+        # A shard and a full run would repair the same members twice over.
+        lock.release()
+        raise LockBusy(f"a full stats run holds the lock ({full_run.split(' ')[0]}); try the shard again later")
     try:
         yield lock
     finally:
