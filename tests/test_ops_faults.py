@@ -156,13 +156,14 @@ def locked(engine, table):
 
 
 def waiting_query(engine):
-    """Return the id of the run's connection whose query waits for news_comment_liking."""
+    """Return the id of the run's connection whose SELECT waits for the lock on news_comment_liking."""
     database = make_url(DATABASE_URL).database
     with engine.connect() as conn:
         return conn.execute(
             text(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = :db AND ID <> CONNECTION_ID()"
-                " AND COMMAND = 'Query' AND INFO LIKE '%news_comment_liking%'"
+                " AND COMMAND = 'Query' AND INFO LIKE 'SELECT%news_comment_liking%'"
+                " AND STATE LIKE 'Waiting for table%'"  # blocked by the lock, not a passing DESCRIBE
             ),
             {"db": database},
         ).scalar()
