@@ -273,3 +273,13 @@ def test_unset_urls_with_an_unusable_instance_folder_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert error and "set DATABASE_URL" in error[0] and "Traceback" not in result.stderr
+
+
+def test_check_json_stays_valid_json_with_infinite_scores(seeded, redis, runner):
+    assert runner.invoke(args=["stats", "fix"]).exit_code == 0
+    member = sorted(expected(seeded, "count:user:arts"), key=int)[0]
+    redis.zadd("count:user:arts", {member: float("inf")})
+    result = runner.invoke(args=["stats", "check", "--json", "--only", "count:user:arts"])
+    assert result.exit_code == 3
+    data = json.loads(result.output, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    assert data["counters"][0]["examples"][0]["wrong"] == "inf"

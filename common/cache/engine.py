@@ -25,6 +25,7 @@ batches); no Redis command carries more than ``batch_size`` members.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import re
 import threading
@@ -240,11 +241,21 @@ class Report:
         return {
             "dry_run": self.dry_run,
             "shard": str(self.shard) if self.shard else None,
-            "counters": [r.as_dict() | {"examples": [asdict(d) for d in r.examples[:examples]]} for r in self.results],
+            "counters": [
+                r.as_dict() | {"examples": [_finite(asdict(d)) for d in r.examples[:examples]]} for r in self.results
+            ],
             "totals": self.totals,
             "failed": [r.counter for r in self.failed],
             "interrupted": self.interrupted or None,
         }
+
+
+def _finite(example: dict) -> dict:
+    """Spell non-finite scores ('inf') as strings: JSON has no Infinity."""
+    wrong = example["wrong"]
+    if isinstance(wrong, float) and not math.isfinite(wrong):
+        example["wrong"] = str(wrong)
+    return example
 
 
 @dataclass
@@ -765,6 +776,8 @@ class RepairEngine:
                     pipe.execute()
                     written += len(mapping)
                     recent.append([int(m) for m, _ in chunk])
+                    if keep_touched:  # the only pass over this counter's rows
+                        self.on_progress(key, len(chunk))
             self._beat()
             old_members = self._swap(keys=[key, staging, touched], args=["1" if keep_touched else "0"])
             swapped = True
