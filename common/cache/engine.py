@@ -576,7 +576,7 @@ class RepairEngine:
             cursor, members = self.redis.sscan(dirty, cursor, count=self.batch_size)
             ids = [i for i in (parse_member(m) for m in members) if i is not None and self.shard_owns(i)]
             for start in range(0, len(ids), self.batch_size):
-                self._check_ids(conn, counter, result, pending, ids[start : start + self.batch_size], count=False)
+                self._check_ids(conn, counter, result, pending, ids[start : start + self.batch_size])
                 self._settle(conn, counter, result, pending, force=False)
             if cursor == 0:
                 break
@@ -777,6 +777,7 @@ class RepairEngine:
                     written += len(mapping)
                     recent.append([int(m) for m, _ in chunk])
                     if keep_touched:  # the only pass over this counter's rows
+                        result.scanned += len(chunk)
                         self.on_progress(key, len(chunk))
             self._beat()
             old_members = self._swap(keys=[key, staging, touched], args=["1" if keep_touched else "0"])
@@ -820,7 +821,7 @@ class RepairEngine:
             self.redis.unlink(touched)
             self.redis.srem(STAGING_REGISTRY, touched)
 
-    def _check_ids(self, conn, counter, result, pending: deque, member_ids: list, count: bool = True):
+    def _check_ids(self, conn, counter, result, pending: deque, member_ids: list):
         """Compare some ids (Redis first, then the database); queue the mismatches."""
         if not member_ids:
             return
@@ -828,8 +829,6 @@ class RepairEngine:
         scores = self.redis.zmscore(counter.key, members)
         counts = self._db_counts(conn, counter, member_ids)
         now = time.monotonic()
-        if count:
-            result.scanned += len(member_ids)
         for member_id, member, score in zip(member_ids, members, scores):
             count = _count(counts.get(member_id))
             if not _same(score, count):
