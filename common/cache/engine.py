@@ -652,13 +652,18 @@ class RepairEngine:
         return self.shard is None or self.shard.owns(member_id)
 
     def _settle(self, conn, counter, result: CounterResult, pending: deque, *, force: bool):
-        """Re-read candidates old enough; correct the stable drift."""
-        limit = 4 * self.batch_size
+        """Re-read candidates in full batches once old enough; correct the stable drift.
+
+        Candidates wait until a whole batch has gathered (or the pass ends: ``force``):
+        for a counter whose member column has no index every re-read is a table scan,
+        so re-reading a few candidates after each streamed batch would cost one scan per
+        batch instead of one per thousand candidates.
+        """
         while pending:
+            if not force and len(pending) < self.batch_size:
+                break
             wait = pending[0].seen + self.settle - time.monotonic()
             if wait > 0:
-                if not force and len(pending) < limit:
-                    break
                 time.sleep(wait)
             ready = []
             cutoff = time.monotonic() - self.settle
