@@ -21,6 +21,7 @@ commands sent and the writes. Writes ``bench/RESULTS.md`` and ``bench/data/resul
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -102,6 +103,7 @@ class PrivateRedis:
             [
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir), "--latency-monitor-threshold", "1",
+                "--slowlog-log-slower-than", "5000", "--slowlog-max-len", "1000",
                 "--logfile", str(self.dir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
@@ -184,6 +186,11 @@ class Pinger:
         self.stop.set()
         self.summary = self.results.get(timeout=60)
         self.proc.join(timeout=10)
+
+
+def _short(command) -> str:
+    text = command.decode("utf-8", "replace") if isinstance(command, bytes) else str(command)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def command_counts(client) -> dict:
@@ -279,6 +286,7 @@ def measured(argv, env, log_prefix, timeout) -> dict:
 def run_contender(name, argv, server, env, log_prefix, timeout, writes) -> dict:
     client = server.client()
     client.execute_command("LATENCY", "RESET")
+    client.slowlog_reset()
     before = command_counts(client)
     dirty_before = client.info("persistence")["rdb_changes_since_last_save"]
     with Pinger(server.port) as pinger:
@@ -286,10 +294,17 @@ def run_contender(name, argv, server, env, log_prefix, timeout, writes) -> dict:
     after = command_counts(client)
     dirty_after = client.info("persistence")["rdb_changes_since_last_save"]
     events = client.execute_command("LATENCY", "LATEST") or []
+    slow = sorted(client.slowlog_get(1000), key=lambda e: -e["duration"])
     result["ping"] = pinger.summary
     result["redis"] = redis_diff(before, after, writes)
     result["redis"]["keyspace_changes"] = dirty_after - dirty_before
     result["redis"]["server_stall_ms"] = max((int(e[3]) for e in events), default=0)
+    result["redis"]["latency_events"] = {e[0]: int(e[3]) for e in events}
+    # Commands that took 5 ms or more inside Redis, longest first.
+    result["redis"]["slow_commands"] = [
+        {"ms": round(e["duration"] / 1000, 1), "command": _short(e["command"])} for e in slow[:10]
+    ]
+    result["redis"]["slow_command_count"] = len(slow)
     result["name"] = name
     return result
 
@@ -315,14 +330,19 @@ def restore_baseline(server):
         saved.copy(key, key, destination_db=0, replace=True)
 
 
-def drift(client, seed) -> dict:
-    """Drift about 1% of every counter's members; the same members for the same seed."""
+def drift(client, seed, stale_ids="in-range") -> dict:
+    """Drift about 1% of every counter's members; the same members for the same seed.
+
+    Stale members are ids the database does not count: by default ids within the range of
+    the counter's members (as a deleted article's would be); with ``stale_ids="high"``,
+    ids from 10**12 up, beyond every table's ids.
+    """
     drifted = {}
     for counter in COUNTERS:
         key = counter.key
-        changes, deletes, members = {}, [], 0
+        changes, deletes, present = {}, [], set()
         for member, score in client.zscan_iter(key, count=1000):
-            members += 1
+            present.add(int(member))
             h = zlib.crc32(f"{seed}:{key}:{member}".encode())
             pick = h % 10_000
             if pick < DRIFT_PER_10K["changed"]:
@@ -330,16 +350,27 @@ def drift(client, seed) -> dict:
                 changes[member] = score + delta if score + delta > 0 else score + 1
             elif pick < DRIFT_PER_10K["changed"] + DRIFT_PER_10K["deleted"]:
                 deletes.append(member)
-        stale = {str(STALE_BASE + i): 1 + i % 5 for i in range(max(1, members * DRIFT_PER_10K["stale"] // 10_000))}
+        wanted = max(1, len(present) * DRIFT_PER_10K["stale"] // 10_000)
+        stale = {}
+        if stale_ids == "high":
+            stale = {str(STALE_BASE + i): 1 + i % 5 for i in range(wanted)}
+        else:
+            top, k = max(present, default=wanted * 2), 0
+            while len(stale) < wanted and k < 100 * wanted:
+                candidate = zlib.crc32(f"{seed}:{key}:stale:{k}".encode()) % top + 1
+                if candidate not in present and str(candidate) not in stale:
+                    stale[str(candidate)] = 1 + k % 5
+                k += 1
         pipe = client.pipeline(transaction=False)
         items = list(changes.items())
         for start in range(0, len(items), 1000):
             pipe.zadd(key, dict(items[start : start + 1000]))
         for start in range(0, len(deletes), 1000):
             pipe.zrem(key, *deletes[start : start + 1000])
-        pipe.zadd(key, stale)
+        if stale:
+            pipe.zadd(key, stale)
         pipe.execute()
-        drifted[key] = {"members": members, "changed": len(changes), "deleted": len(deletes), "stale": len(stale)}
+        drifted[key] = {"members": len(present), "changed": len(changes), "deleted": len(deletes), "stale": len(stale)}
     return drifted
 
 
@@ -396,9 +427,8 @@ def machine() -> dict:
         pass
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "common", "toutiao"], cwd=ROOT, capture_output=True, text=True
-    )
+    dirty = subprocess.run(["git", "diff", "HEAD", "--", "common", "toutiao"], cwd=ROOT, capture_output=True, text=True)
+    digest = hashlib.sha1(dirty.stdout.encode()).hexdigest()[:10]
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -406,7 +436,9 @@ def machine() -> dict:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "redis": redis_version.replace("v=", ""),
-        "commit": commit.stdout.strip() + (" (with uncommitted changes to common/ or toutiao/)" if dirty.stdout.strip() else ""),
+        "commit": commit.stdout.strip()
+        + (f" plus uncommitted changes to common/ and toutiao/ (diff sha1 {digest})" if dirty.stdout.strip() else ""),
+        "diff": dirty.stdout,
     }
 
 
@@ -454,7 +486,10 @@ def render(results: dict) -> str:
         f"- Code under test: commit {m['commit']}; ours = `{' '.join(results['ours_argv'])}`.",
         f"- Drift: of every 10,000 members of every counter, {DRIFT_PER_10K['changed']} get a wrong score, "
         f"{DRIFT_PER_10K['deleted']} are deleted and {DRIFT_PER_10K['stale']} stale ids are added "
+        f"({'ids within the range of the members' if args['stale_ids'] == 'in-range' else 'ids from 10**12 up'}) "
         f"({results['drift_total']:,} members drifted in all, out of {results['members_total']:,}).",
+        "- The old way is `bench/oldway.py`: each counter's `query` as `common/cache/statistic.py` defines it "
+        "at that commit (plain GROUP BY, no index hint), fetched whole, then DEL + one ZADD in MULTI/EXEC.",
         "- Each contender runs as a subprocess under `/usr/bin/time` while a separate process PINGs "
         "the same Redis every millisecond"
         + (f" (the PING process and redis-server at nice {INSTRUMENT_NICE}, so that other work on the shared "
@@ -514,6 +549,14 @@ def render(results: dict) -> str:
                 "ours reported " + ", ".join(f"{k} {t[k]:,}" for k in ("scanned", "wrong", "added", "changed",
                                                                        "removed", "skipped"))
             )
+        for name, run in (("old way", old), ("ours", ours)):
+            slow = run["redis"].get("slow_commands") or []
+            if slow:
+                shown = "; ".join(f"{e['ms']} ms `{e['command']}`" for e in slow[:3])
+                status.append(
+                    f"{name}: {run['redis']['slow_command_count']} command(s) took 5 ms or more inside Redis; "
+                    f"longest: {shown}"
+                )
         if old.get("report"):
             status.append(
                 f"old way: {old['report']['query_seconds']} s in its GROUP BY queries, "
@@ -543,7 +586,7 @@ def render(results: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000, help="scale [1000000]")
-    parser.add_argument("--jobs", type=int, default=2, help="--jobs passed to flask stats fix [2]")
+    parser.add_argument("--jobs", type=int, default=1, help="--jobs passed to flask stats fix and check [1]")
     parser.add_argument("--batch-size", type=int, default=None, help="--batch-size passed to flask stats fix")
     parser.add_argument("--regenerate", action="store_true", help="generate the database even if it has this scale")
     parser.add_argument("--database", default=DATABASE)
@@ -552,9 +595,19 @@ def main(argv=None):
     parser.add_argument("--user", default="root")
     parser.add_argument("--password", default="")
     parser.add_argument("--seed", type=int, default=2026, help="drift seed")
+    parser.add_argument(
+        "--stale-ids",
+        choices=("in-range", "high"),
+        default="in-range",
+        help="stale members added by the drift: ids within the members' range [default], or from 10**12 up",
+    )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per contender [3600]")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown report to write")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite --results from a results JSON of an earlier run")
     args = parser.parse_args(argv)
+    if args.render:
+        Path(args.results).write_text(render(json.loads(Path(args.render).read_text())))
+        return
     command = ".venv/bin/python -m bench.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     def log(text):
@@ -570,6 +623,7 @@ def main(argv=None):
     else:
         log(f"{args.database} already holds {args.users:,} users; reusing it (--regenerate to rebuild)")
 
+    code = machine()  # the code under test, as the run starts
     database_url = generate.database_url(args.host, args.port, args.user, args.password, args.database)
     logs = DATA / f"logs-{args.users}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -609,10 +663,10 @@ def main(argv=None):
         save_baseline(server)
 
         restore_baseline(server)
-        drifted = drift(client, args.seed)
+        drifted = drift(client, args.seed, args.stale_ids)
         contender("old", "drift", old_argv)
         restore_baseline(server)
-        drift(client, args.seed)
+        drift(client, args.seed, args.stale_ids)
         verify(contender("ours", "drift", ours_argv), "drift")
 
     drift_total = sum(d["changed"] + d["deleted"] + d["stale"] for d in drifted.values())
@@ -620,7 +674,7 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": command,
         "args": vars(args),
-        "machine": machine(),
+        "machine": code,
         "database": facts,
         "ours_argv": ["flask"] + ours_argv[1:],
         "members_total": members_total,
