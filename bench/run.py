@@ -16,7 +16,8 @@ commandstats`` and the server's dirty counter are read before and after to count
 commands sent and the writes. Writes ``bench/RESULTS.md`` and ``bench/data/results-N.json``.
 
     .venv/bin/python -m bench.run --users 1000000
-    .venv/bin/python -m bench.run --users 20000 --results bench/data/RESULTS-smoke.md   # smoke run
+    .venv/bin/python -m bench.run --users 20000 --database toutiao_bench_small \
+        --results bench/data/RESULTS-smoke.md   # a smoke run that leaves the 1M database alone
 """
 from __future__ import annotations
 
