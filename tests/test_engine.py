@@ -350,7 +350,7 @@ def test_shard_parse_rejects_malformed_specs(text, error):
 def test_parse_member_accepts_only_canonical_ids():
     assert parse_member("42") == 42
     assert parse_member("0") == 0
-    for junk in ["007", "-1", "1.0", "abc", "", " 1", str(2**64)]:
+    for junk in ["007", "-1", "1.0", "abc", "", " 1", str(2**64), "\u0663", "\u00b2"]:
         assert parse_member(junk) is None
 
 
@@ -393,3 +393,33 @@ def test_increments_committed_during_a_rebuild_are_not_lost(engine, redis, start
     assert wrong_members(engine, redis, [key]) == {}
     assert [k for k in redis.scan_iter("{count:*")] == []
     assert not redis.exists(STAGING_REGISTRY)
+
+
+def test_snowflake_ids_and_their_strays_are_repaired(engine, redis):
+    # The original toutiao gives users snowflake ids, far beyond the sweep's bitmap.
+    base = 1_100_000_000_000_000_000
+    with engine.begin() as conn:
+        for n in range(30):
+            conn.execute(
+                text("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (:u, :t, 1)"),
+                {"u": base + n, "t": base + 1000 + n % 7},
+            )
+    fix(engine, redis)
+    redis.zadd("count:user:followers", {str(base + 5000): 2, str(base + 1001): 9})
+    redis.zrem("count:user:followings", str(base + 3))
+
+    report = fix(engine, redis, batch_size=4)
+
+    assert wrong_members(engine, redis) == {}
+    assert result_of(report, "count:user:followers").wrong == 2
+    assert result_of(report, "count:user:followings").wrong == 1
+
+
+def test_id_bitmap_knows_small_and_snowflake_ids():
+    from common.cache.engine import IdBitmap
+
+    seen = IdBitmap(limit=1 << 10)
+    for member_id in [3, 900, 5000, 1 << 40, (1 << 40) + 7, 2**64 - 1]:
+        seen.add(member_id)
+    assert all(i in seen for i in [3, 900, 5000, 1 << 40, (1 << 40) + 7, 2**64 - 1])
+    assert not any(i in seen for i in [0, 4, 901, 4999, (1 << 40) + 1, 2**63])

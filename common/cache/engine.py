@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
+from array import array
+from bisect import bisect_left, insort
 import queue
 import re
 import threading
@@ -109,6 +111,8 @@ def parse_member(member) -> Optional[int]:
     """Return the id a member names, or None when it is not a canonical id (junk)."""
     if isinstance(member, bytes):
         member = member.decode("utf-8", "replace")
+    if member.isascii() and member.isdigit() and member[0] != "0" and len(member) < 20:  # common case, no regex
+        return int(member)
     if not _ID.match(member):
         return None
     value = int(member)
@@ -116,29 +120,35 @@ def parse_member(member) -> Optional[int]:
 
 
 class IdBitmap:
-    """The ids a reconcile pass saw in the database, one bit each.
+    """The ids a reconcile pass saw in the database, so the stray sweep needs no queries.
 
-    1 MB covers 8 million ids, so the sweep for strays can tell a member the database
-    counts from one it does not without a query per member. Ids at or above ``limit``
-    are not stored; :meth:`knows` says so and the caller asks the database instead.
+    Dense small ids take one bit each (1 MB covers 8 million ids); ids at or above
+    ``limit`` (snowflake ids, as the original toutiao gives its users) go into a sorted
+    array, 8 bytes each, looked up by bisection. The stream yields ids in ascending
+    order, so appending keeps the array sorted.
     """
 
     def __init__(self, limit: int = 1 << 27):
         self.limit = limit
         self.bits = bytearray()
+        self.large = array("Q")
 
     def add(self, member_id: int):
         if member_id >= self.limit:
+            if self.large and member_id < self.large[-1]:
+                insort(self.large, member_id)  # out of order: keep it sorted anyway
+            else:
+                self.large.append(member_id)
             return
         byte = member_id >> 3
         if byte >= len(self.bits):
             self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
         self.bits[byte] |= 1 << (member_id & 7)
 
-    def knows(self, member_id: int) -> bool:
-        return member_id < self.limit
-
     def __contains__(self, member_id: int) -> bool:
+        if member_id >= self.limit:
+            at = bisect_left(self.large, member_id)
+            return at < len(self.large) and self.large[at] == member_id
         byte = member_id >> 3
         return byte < len(self.bits) and bool(self.bits[byte] & (1 << (member_id & 7)))
 
@@ -615,7 +625,7 @@ class RepairEngine:
 
     def _sweep_batch(self, conn, counter, result, pending, batch, seen: IdBitmap):
         key = counter.key
-        ids, junk = {}, []
+        junk = []
         now = time.monotonic()
         for member, score in batch:
             member_id = parse_member(member)
@@ -623,8 +633,6 @@ class RepairEngine:
                 continue
             if member_id is None:
                 junk.append((member, score))
-            elif not seen.knows(member_id):
-                ids[member_id] = (member, score)  # beyond the bitmap: ask the database
             elif member_id not in seen:
                 # Counted nowhere when the pass went by: a stray, unless traffic added
                 # it since; the settle re-read tells.
@@ -637,16 +645,6 @@ class RepairEngine:
                 self._example(result, counter, member, score, 0)
             if not self.dry_run:
                 result.removed += self.redis.zrem(key, *[m for m, _ in junk])
-        if not ids:
-            return
-        counts = self._db_counts(conn, counter, list(ids))
-        for member_id, (member, score) in ids.items():
-            # Members the database counts were compared by the reconcile pass; only
-            # strays (counted nowhere) are new here.
-            if member_id in counts:
-                continue
-            result.scanned += 1
-            pending.append(_Candidate(member, member_id, score, None, now))
 
     def shard_owns(self, member_id) -> bool:
         return self.shard is None or self.shard.owns(member_id)
