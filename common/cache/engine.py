@@ -429,13 +429,13 @@ class RepairEngine:
             if not owner:
                 result.note = f"key holds a {kind}; shard 0 rebuilds it"
                 return
-            self._rebuild(counter, result, reason=f"key held a {kind}")
+            self._rebuild(counter, result, kind, reason=f"key held a {kind}")
         elif kind == "none" and not self.dry_run and owner:
-            touched, recent = self._rebuild(counter, result, reason="key was missing", keep_touched=True)
+            touched, recent = self._rebuild(counter, result, kind, reason="key was missing", keep_touched=True)
             self._catch_up(counter, result, touched, recent)
             return
         elif self.rebuild and not self.dry_run:
-            self._rebuild(counter, result, reason="--rebuild")
+            self._rebuild(counter, result, kind, reason="--rebuild")
         elif self.dry_run:
             result.mode = "check"
         self._reconcile(counter, result)
@@ -585,9 +585,7 @@ class RepairEngine:
             self._beat()
             cursor, members = self.redis.sscan(dirty, cursor, count=self.batch_size)
             ids = [i for i in (parse_member(m) for m in members) if i is not None and self.shard_owns(i)]
-            for start in range(0, len(ids), self.batch_size):
-                self._check_ids(conn, counter, result, pending, ids[start : start + self.batch_size])
-                self._settle(conn, counter, result, pending, force=False)
+            self._check_ids(conn, counter, result, pending, ids)
             if cursor == 0:
                 break
         self._settle(conn, counter, result, pending, force=True)
@@ -735,7 +733,7 @@ class RepairEngine:
 
     # -- rebuild -------------------------------------------------------------------
 
-    def _rebuild(self, counter, result: CounterResult, reason: str, keep_touched: bool = False):
+    def _rebuild(self, counter, result: CounterResult, kind: str, reason: str, keep_touched: bool = False):
         """Build the whole counter under a staging key and swap it in atomically.
 
         With ``keep_touched`` (the key was missing when the build started) the live key
@@ -745,7 +743,7 @@ class RepairEngine:
         key = counter.key
         staging = f"{{{key}}}:staging:{self.token}"
         touched = f"{{{key}}}:touched:{self.token}"
-        live_is_zset = self.redis.type(key) in ("zset", b"zset")
+        live_is_zset = kind == "zset"
         result.mode = "rebuild"
         result.note = reason
         self.redis.sadd(STAGING_REGISTRY, *([staging, touched] if keep_touched else [staging]))
@@ -806,17 +804,13 @@ class RepairEngine:
         pending: deque = deque()
         try:
             with self._connect() as conn:
-                for start in range(0, len(recent), self.batch_size):
-                    self._check_ids(conn, counter, result, pending, recent[start : start + self.batch_size])
-                    self._settle(conn, counter, result, pending, force=False)
+                self._check_ids(conn, counter, result, pending, recent)
                 cursor = 0
                 while True:
                     self._beat()
                     cursor, items = self.redis.zscan(touched, cursor, count=self.batch_size)
                     ids = [i for i in (parse_member(m) for m, _ in items) if i is not None]
-                    for start in range(0, len(ids), self.batch_size):
-                        self._check_ids(conn, counter, result, pending, ids[start : start + self.batch_size])
-                        self._settle(conn, counter, result, pending, force=False)
+                    self._check_ids(conn, counter, result, pending, ids)
                     if cursor == 0:
                         break
                 self._settle(conn, counter, result, pending, force=True)
@@ -825,17 +819,18 @@ class RepairEngine:
             self.redis.srem(STAGING_REGISTRY, touched)
 
     def _check_ids(self, conn, counter, result, pending: deque, member_ids: list):
-        """Compare some ids (Redis first, then the database); queue the mismatches."""
-        if not member_ids:
-            return
-        members = [str(i) for i in member_ids]
-        scores = self.redis.zmscore(counter.key, members)
-        counts = self._db_counts(conn, counter, member_ids)
-        now = time.monotonic()
-        for member_id, member, score in zip(member_ids, members, scores):
-            count = _count(counts.get(member_id))
-            if not _same(score, count):
-                pending.append(_Candidate(member, member_id, score, count, now))
+        """Compare ids batch by batch (Redis first, then the database); queue and settle the mismatches."""
+        for start in range(0, len(member_ids), self.batch_size):
+            batch = member_ids[start : start + self.batch_size]
+            members = [str(i) for i in batch]
+            scores = self.redis.zmscore(counter.key, members)
+            counts = self._db_counts(conn, counter, batch)
+            now = time.monotonic()
+            for member_id, member, score in zip(batch, members, scores):
+                count = _count(counts.get(member_id))
+                if not _same(score, count):
+                    pending.append(_Candidate(member, member_id, score, count, now))
+            self._settle(conn, counter, result, pending, force=False)
 
 
 def _one_line(exc: BaseException) -> str:
