@@ -14,7 +14,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from common.cache.engine import RepairEngine, Shard
+from common.cache.engine import RepairEngine, Report, Shard
 from common.cache.lock import LOCK_KEY, RunLock
 from common.cache.statistic import COUNTERS, select_counters
 from common.exceptions import Interrupted, LockHeld, LockLost, UnknownCounter
@@ -222,7 +222,7 @@ def _render(report, as_json, examples):
     if as_json:
         click.echo(json.dumps(report.as_dict(examples=examples), indent=2, default=str))
         return
-    columns = ("scanned", "wrong", "added", "changed", "removed", "skipped")
+    columns = Report.COLUMNS
     width = max([len("counter")] + [len(r.counter) for r in report.results])
     header = f"{'counter':<{width}}  {'mode':<9}" + "".join(f"{c:>9}" for c in columns) + f"{'seconds':>9}"
     click.echo(header)
