@@ -9,7 +9,6 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    Text,
     UniqueConstraint,
     func,
 )
@@ -22,8 +21,8 @@ class Article(Base):
 
     __tablename__ = "news_article_basic"
     __table_args__ = (
-        Index("ix_news_article_basic_user_id", "user_id"),
-        Index("ix_news_article_basic_status", "status"),
+        Index("user_id", "user_id"),
+        Index("article_status", "status"),
     )
 
     class STATUS:
@@ -94,8 +93,8 @@ class Comment(Base):
 
     __tablename__ = "news_comment"
     __table_args__ = (
-        Index("ix_news_comment_article_id", "article_id"),
-        Index("ix_news_comment_parent_id", "parent_id"),
+        Index("article_id", "article_id"),
+        Index("parent_id", "parent_id"),
     )
 
     class STATUS:
@@ -110,7 +109,7 @@ class Comment(Base):
     parent_id = Column(ID, nullable=True)
     like_count = Column(Integer, nullable=False, default=0, server_default="0")
     reply_count = Column(Integer, nullable=False, default=0, server_default="0")
-    content = Column(Text, nullable=False)
+    content = Column(String(200), nullable=False)
     is_top = Column(Boolean, nullable=False, default=False, server_default="0")
     status = Column(TINY, nullable=False, default=STATUS.UNREVIEWED, server_default="0")
     ctime = Column("create_time", DateTime, nullable=False, default=datetime.now, server_default=func.now())

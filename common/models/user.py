@@ -6,7 +6,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
-    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -20,18 +19,22 @@ class User(Base):
     """A row of ``user_basic``."""
 
     __tablename__ = "user_basic"
+    __table_args__ = (
+        UniqueConstraint("mobile", name="mobile"),
+        UniqueConstraint("user_name", name="user_name"),
+    )
 
     class STATUS:
         ENABLE = 1
         DISABLE = 0
 
     id = Column("user_id", ID, primary_key=True, autoincrement=True)
-    account = Column(String(20), unique=True, nullable=True)
-    email = Column(String(20), unique=True, nullable=True)
+    account = Column(String(20), nullable=True)
+    email = Column(String(20), nullable=True)
     status = Column(TINY, nullable=False, default=STATUS.ENABLE, server_default="1")
-    mobile = Column(CHAR(11), unique=True, nullable=False)
+    mobile = Column(CHAR(11), nullable=False)
     password = Column(String(93), nullable=True)
-    name = Column("user_name", String(32), unique=True, nullable=False)
+    name = Column("user_name", String(32), nullable=False)
     profile_photo = Column(String(128), nullable=True)
     last_login = Column(DateTime, nullable=True)
     is_media = Column(Boolean, nullable=False, default=False, server_default="0")
@@ -49,10 +52,7 @@ class Relation(Base):
     """A row of ``user_relation``: what ``user_id`` did to ``target_user_id``."""
 
     __tablename__ = "user_relation"
-    __table_args__ = (
-        UniqueConstraint("user_id", "target_user_id", name="user_target"),
-        Index("ix_user_relation_target_user_id", "target_user_id"),
-    )
+    __table_args__ = (UniqueConstraint("user_id", "target_user_id", name="user_target"),)
 
     class RELATION:
         DELETE = 0
