@@ -315,6 +315,7 @@ class RepairEngine:
         heartbeat: Callable[[], None] = lambda: None,
         on_result: Callable[[CounterResult], None] = lambda result: None,
         on_progress: Callable[[str, int], None] = lambda key, members: None,
+        checkpoint: Callable[..., None] = lambda name, **context: None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -331,6 +332,7 @@ class RepairEngine:
         self.heartbeat = heartbeat
         self.on_result = on_result
         self.on_progress = on_progress
+        self.checkpoint = checkpoint
         self.token = uuid.uuid4().hex[:12]
         self._cas = redis.register_script(_CAS)
         self._swap = redis.register_script(_SWAP)
@@ -343,6 +345,7 @@ class RepairEngine:
         """Repair each counter and return the report; stop early on Interrupted or LockLost."""
         counters = list(counters)
         started = time.monotonic()
+        self._at("start")
         if not self.dry_run and self.shard is None:
             self.clean_staging()
         report = Report(results=[], dry_run=self.dry_run, shard=self.shard)
@@ -410,6 +413,11 @@ class RepairEngine:
             result.seconds = time.monotonic() - started
         return result
 
+    def _at(self, name, counter=None, **context):
+        """Call the injected checkpoint: tests force interleavings at these named points."""
+        self.checkpoint(name, counter=counter.key if counter is not None else None, run=self.token,
+                        shard=str(self.shard) if self.shard else None, **context)
+
     def _beat(self):
         if self._stop.is_set():
             raise Interrupted("another counter's stop")
@@ -454,7 +462,7 @@ class RepairEngine:
         for chunk in result.partitions(self.batch_size):
             yield chunk
 
-    def _prefetch(self, stmt) -> Iterator[list]:
+    def _prefetch(self, stmt, counter=None) -> Iterator[list]:
         """Stream ``stmt`` from a reader thread, at most two batches ahead.
 
         The database computes and sends the next batch while this thread does the
@@ -483,6 +491,7 @@ class RepairEngine:
                         # spills to disk at several hundred thousand groups, twice as slow.
                         conn.exec_driver_sql(f"SET SESSION tmp_table_size = {TMP_TABLE_BYTES}, "
                                              f"max_heap_table_size = {TMP_TABLE_BYTES}")
+                    self._at("snapshot", counter)
                     result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
                     try:
                         for chunk in result.partitions(self.batch_size):
@@ -548,6 +557,7 @@ class RepairEngine:
         pending: deque = deque()
         seen = IdBitmap()
         dirty = self._track(counter)
+        self._at("tracking", counter)
         try:
             with self._connect() as conn:
                 self._reconcile_pass(conn, counter, result, pending, seen)
@@ -555,11 +565,13 @@ class RepairEngine:
                 self._sweep(conn, counter, result, pending, seen)
                 self._settle(conn, counter, result, pending, force=True)
                 if dirty:
+                    self._at("final_pass", counter)
                     self._recheck_dirty(conn, counter, result, pending, dirty)
         finally:
             if dirty:
                 self.redis.unlink(dirty)
                 self.redis.srem(STAGING_REGISTRY, dirty)
+            self._at("release", counter)
 
     def _track(self, counter) -> Optional[str]:
         """Ask :meth:`Statistic.incr` to record the ids traffic touches from now on.
@@ -592,7 +604,7 @@ class RepairEngine:
 
     def _reconcile_pass(self, conn, counter, result: CounterResult, pending: deque, seen: "IdBitmap"):
         key = counter.key
-        with closing(self._prefetch(self._ordered(counter))) as batches:
+        with closing(self._prefetch(self._ordered(counter), counter)) as batches:
             for chunk in batches:
                 self._beat()
                 ids = [str(m) for m, _ in chunk]
@@ -605,6 +617,7 @@ class RepairEngine:
                         pending.append(_Candidate(member, int(member_id), score, count, now))
                 result.scanned += len(chunk)
                 self.on_progress(key, len(chunk))
+                self._at("stream_batch", counter, members=ids)
                 self._settle(conn, counter, result, pending, force=False)
             self._settle(conn, counter, result, pending, force=True)
 
@@ -614,6 +627,7 @@ class RepairEngine:
         while True:
             self._beat()
             cursor, items = self.redis.zscan(key, cursor, count=self.batch_size)
+            self._at("sweep_batch", counter, members=[m for m, _ in items])
             for start in range(0, len(items), self.batch_size):
                 batch = items[start : start + self.batch_size]
                 self._sweep_batch(conn, counter, result, pending, batch, seen)
@@ -672,7 +686,9 @@ class RepairEngine:
     def _recheck(self, conn, counter, result, pending, ready: list):
         key = counter.key
         scores = self.redis.zmscore(key, [c.member for c in ready])  # Redis first,
+        self._at("observe", counter, members=[c.member for c in ready])
         counts = self._db_counts(conn, counter, [c.member_id for c in ready])  # then the database.
+        self._at("recount", counter, members=[c.member for c in ready])
         now = time.monotonic()
         stable = []
         for cand, score in zip(ready, scores):
@@ -695,7 +711,9 @@ class RepairEngine:
                 args=[cand.member, "" if score is None else repr(score), "" if count is None else str(count)],
                 client=pipe,
             )
-        for (cand, score, count), applied in zip(stable, pipe.execute()):
+        applied_all = pipe.execute()
+        self._at("write", counter, members=[c.member for c, _, _ in stable])
+        for (cand, score, count), applied in zip(stable, applied_all):
             if not applied:
                 # Traffic changed it between our read and our write: look again later.
                 result.wrong -= 1
@@ -746,6 +764,7 @@ class RepairEngine:
         live_is_zset = kind == "zset"
         result.mode = "rebuild"
         result.note = reason
+        self._at("tracking", counter)
         self.redis.sadd(STAGING_REGISTRY, *([staging, touched] if keep_touched else [staging]))
         written = present = 0
         swapped = False
@@ -755,7 +774,7 @@ class RepairEngine:
         recent: deque = deque(maxlen=2)
         try:
             # Always the whole counter: a rebuild replaces the whole key.
-            with closing(self._prefetch(self._ordered(counter, with_shard=False))) as batches:
+            with closing(self._prefetch(self._ordered(counter, with_shard=False), counter)) as batches:
                 for chunk in batches:
                     self._beat()
                     mapping = {str(m): int(n) for m, n in chunk}
@@ -775,6 +794,7 @@ class RepairEngine:
                     pipe.zadd(staging, mapping)
                     pipe.expire(staging, STAGING_TTL_SECONDS)
                     pipe.execute()
+                    self._at("rebuild_batch", counter, members=list(mapping))
                     written += len(mapping)
                     recent.append([int(m) for m, _ in chunk])
                     if keep_touched:  # the only pass over this counter's rows
@@ -783,6 +803,7 @@ class RepairEngine:
             self._beat()
             old_members = self._swap(keys=[key, staging, touched], args=["1" if keep_touched else "0"])
             swapped = True
+            self._at("swap", counter)
             if old_members > present and not keep_touched:
                 result.wrong += old_members - present
                 result.removed += old_members - present
@@ -802,6 +823,7 @@ class RepairEngine:
         after it (``recent``). Every other member is exactly as the database said.
         """
         pending: deque = deque()
+        self._at("final_pass", counter)
         try:
             with self._connect() as conn:
                 self._check_ids(conn, counter, result, pending, recent)
@@ -817,6 +839,7 @@ class RepairEngine:
         finally:
             self.redis.unlink(touched)
             self.redis.srem(STAGING_REGISTRY, touched)
+            self._at("release", counter)
 
     def _check_ids(self, conn, counter, result, pending: deque, member_ids: list):
         """Compare ids batch by batch (Redis first, then the database); queue and settle the mismatches."""

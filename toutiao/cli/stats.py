@@ -152,6 +152,8 @@ def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10, 
             heartbeat=heartbeat,
             on_result=on_result,
             on_progress=progress.advance,
+            # Tests force interleavings at the engine's named checkpoints through this hook.
+            checkpoint=current_app.extensions.get("stats.checkpoint", lambda name, **context: None),
         )
         try:
             return repair.run(counters)

@@ -1,0 +1,367 @@
+"""Exact under every interleaving: each race the protocol must win, forced at the engine's
+named checkpoints on the real MariaDB and Redis.
+
+Each test plays the app's writers step by step (announce, commit, increment) and other
+runs between two steps of the run under test, then asserts the counter equals the
+database. Every interleaving is forced; nothing waits on a timer.
+"""
+import threading
+
+import pytest
+
+from common.cache.engine import RepairEngine, Shard
+from common.cache.statistic import Statistic
+from common.exceptions import LockHeld, LockLost
+from tests.expected import expected, wrong_members
+from tests.races import (
+    FOLLOWERS,
+    FOLLOWINGS,
+    Checkpoints,
+    attempt,
+    expire_leases,
+    follow,
+    seed_followers,
+    unfollow,
+)
+
+KEY = FOLLOWERS.key
+
+# The increment script of the release before the write protocol: no announcement, and
+# the id noted in {key}:dirty while a repair ran.
+PREVIOUS_INCR = """
+local score = redis.call('ZINCRBY', KEYS[1], ARGV[2], ARGV[1])
+if tonumber(score) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return score
+"""
+
+
+def run(engine, redis, counters=(FOLLOWERS,), **kwargs):
+    kwargs.setdefault("settle", 0.01)
+    kwargs.setdefault("batch_size", 2)
+    return RepairEngine(redis, engine, **kwargs).run(list(counters))
+
+
+def result_of(report, counter=FOLLOWERS):
+    return next(r for r in report.results if r.counter == counter.key)
+
+
+def exact(engine, redis, *counters):
+    return wrong_members(engine, redis, [c.key for c in counters or (FOLLOWERS,)]) == {}
+
+
+@pytest.fixture
+def world(engine, redis):
+    """Targets 20..29 with 2..6 followers each (five batches of two), counters exact."""
+    seed_followers(engine, {target: 2 + target % 5 for target in range(20, 30)})
+    run(engine, redis, (FOLLOWERS, FOLLOWINGS))
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+    return engine, redis
+
+
+def count(engine, target) -> float:
+    return expected(engine, KEY).get(str(target), 0)
+
+
+# -- shards and overlapping runs -----------------------------------------------------------
+
+
+def test_two_shards_at_once_keep_each_others_tracking(world):
+    engine, redis = world
+    redis.zincrby(KEY, -1, "25")  # shard 1/2's member, one short
+    cp = Checkpoints()
+
+    def shard_0_finishes_then_a_follow_lands():
+        run(engine, redis, shard=Shard(0, 2))
+        follow(engine, redis, 900, 25).run()  # after shard 1's snapshot: its old count now looks right
+
+    cp.at("stream_batch", shard_0_finishes_then_a_follow_lands, counter=KEY, shard="1/2")
+    run(engine, redis, shard=Shard(1, 2), checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+
+
+def test_a_full_run_starting_while_a_shard_rebuilds_leaves_its_staging_alone(world):
+    engine, redis = world
+    redis.delete(KEY)
+    cp = Checkpoints()
+    cp.at("rebuild_batch", lambda: attempt(lambda: run(engine, redis, (FOLLOWINGS,))), counter=KEY)
+
+    report = run(engine, redis, shard=Shard(0, 2), checkpoint=cp)
+
+    cp.assert_fired()
+    assert not report.failed
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+    assert not list(redis.scan_iter("{count:user:followers}:staging:*"))
+
+
+@pytest.mark.parametrize("first, second, refused", [
+    ("full", "full", True),
+    ("full", "shard 1/2", True),
+    ("shard 1/2", "full", True),
+    ("shard 1/2", "shard 1/2", True),
+    ("shard 0/2", "shard 0/3", True),
+    ("shard 0/2", "shard 1/2", False),
+    ("full", "full of another counter", False),
+])
+def test_runs_over_the_same_members_exclude_each_other_both_ways(world, first, second, refused):
+    engine, redis = world
+    shards = {"full": None, "shard 1/2": Shard(1, 2), "shard 0/2": Shard(0, 2), "shard 0/3": Shard(0, 3)}
+    counters = (FOLLOWINGS,) if second == "full of another counter" else (FOLLOWERS,)
+    outcome = []
+    cp = Checkpoints()
+    cp.at("stream_batch", lambda: outcome.append(
+        attempt(lambda: run(engine, redis, counters, shard=shards.get(second)))), counter=KEY)
+
+    run(engine, redis, shard=shards[first], checkpoint=cp)
+
+    cp.assert_fired()
+    assert isinstance(outcome[0], LockHeld) if refused else outcome[0] is None
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+
+
+def test_a_shard_waits_for_another_shards_rebuild_then_reconciles_its_part(world):
+    engine, redis = world
+    redis.delete(KEY)
+    redis.set(KEY, "not a sorted set")
+    waiting = threading.Event()
+    second = {}
+    cp_second = Checkpoints().at("claim", waiting.set, counter=KEY)
+
+    def start_shard_1():
+        thread = threading.Thread(target=lambda: second.update(
+            report=run(engine, redis, shard=Shard(1, 2), checkpoint=cp_second)))
+        thread.start()
+        second["thread"] = thread
+        assert waiting.wait(20), "shard 1/2 never found the rebuild claimed"
+        follow(engine, redis, 901, 27).run()  # a shard 1 member changes during shard 0's build
+
+    cp_first = Checkpoints().at("rebuild_batch", start_shard_1, counter=KEY)
+    first = run(engine, redis, shard=Shard(0, 2), checkpoint=cp_first)
+    second["thread"].join(30)
+
+    cp_first.assert_fired()
+    assert result_of(first).mode == "rebuild"
+    assert not second["report"].failed
+    assert exact(engine, redis)
+
+
+# -- rebuilds under traffic ----------------------------------------------------------------
+
+
+def test_a_plus_one_then_minus_one_during_a_rebuild_of_a_missing_key_is_counted(world):
+    engine, redis = world
+    redis.delete(KEY)
+    write = follow(engine, redis, 900, 20)  # 20 is in the first batch, far from the last ones
+    cp = Checkpoints()
+    cp.at("snapshot", lambda: write.announce().commit(), counter=KEY)
+
+    def land_then_cancel():
+        write.increment()  # +1 into the recreated live key...
+        unfollow(engine, redis, 900, 20).run()  # ...and -1 takes it to 0: the member leaves the set
+
+    cp.at("rebuild_batch", land_then_cancel, counter=KEY)
+    run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+
+
+@pytest.mark.parametrize("lands_at", ["swap", "final_pass"])
+def test_an_increment_committed_before_the_build_landing_after_the_swap_counts_once(world, lands_at):
+    engine, redis = world
+    redis.delete(KEY)
+    write = follow(engine, redis, 900, 20)
+    cp = Checkpoints()
+    cp.at("snapshot", lambda: write.announce().commit(), counter=KEY)
+    cp.at(lands_at, write.increment, counter=KEY)
+
+    run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+
+
+def test_a_wrong_type_key_under_shards_ends_exact_for_every_shards_members(world):
+    engine, redis = world
+    redis.delete(KEY)
+    redis.set(KEY, "not a sorted set")
+    cp = Checkpoints()
+    # Whichever shard rebuilds, a member of shard 1/2 changes while it builds.
+    cp.at("rebuild_batch", lambda: follow(engine, redis, 900, 21).run(), counter=KEY)
+
+    reports = [run(engine, redis, shard=Shard(1, 2), checkpoint=cp), run(engine, redis, shard=Shard(0, 2), checkpoint=cp)]
+
+    cp.assert_fired()
+    assert not any(r.failed for r in reports)
+    assert exact(engine, redis)
+
+
+def test_a_swap_refuses_a_staging_key_that_lost_members(world):
+    engine, redis = world
+    before = dict(redis.zscan_iter(KEY))
+    cp = Checkpoints()
+    cp.at("rebuild_batch", lambda: [redis.unlink(k) for k in redis.scan_iter("{count:user:followers}:staging:*")],
+          counter=KEY, nth=2)
+
+    report = run(engine, redis, rebuild=True, checkpoint=cp)
+
+    cp.assert_fired()
+    assert "staging" in result_of(report).error
+    assert dict(redis.zscan_iter(KEY)) == before
+
+
+# -- live traffic against the reconcile pass -------------------------------------------------
+
+
+def another_member_changes_during_the_final_pass(engine, redis, cp, land):
+    """Make member 27 a candidate of the run's final pass, and call ``land()`` while that
+    pass re-reads it: after the last moment a run that trusts timing looks at anything else."""
+    cp.at("stream_batch", lambda: follow(engine, redis, 902, 27).run(), counter=KEY)  # 27 is tracked
+    write = follow(engine, redis, 901, 27)
+    cp.at("final_pass", lambda: write.announce().commit(), counter=KEY)  # and wrong until its increment
+    cp.at("observe", lambda: (land(), write.increment()), counter=KEY, after="final_pass")
+
+
+def test_an_increment_slower_than_the_settle_delay_counts_once(world):
+    engine, redis = world
+    redis.zincrby(KEY, 3, "23")
+    write = follow(engine, redis, 900, 23)
+    cp = Checkpoints()
+    cp.at("snapshot", lambda: write.announce().commit(), counter=KEY)
+    another_member_changes_during_the_final_pass(engine, redis, cp, land=write.increment)  # long after settling
+
+    report = run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+    assert result_of(report).skipped == 0
+
+
+def test_an_unannounced_increment_during_a_run_is_left_to_the_run(world):
+    engine, redis = world
+    redis.zincrby(KEY, 3, "23")
+    write = follow(engine, redis, 900, 23)  # its announcement failed: commit, then increment
+    cp = Checkpoints()
+    cp.at("observe", write.commit, counter=KEY)
+    another_member_changes_during_the_final_pass(engine, redis, cp, land=write.increment)
+
+    run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+
+
+def test_a_run_whose_lease_expired_writes_nothing(world):
+    engine, redis = world
+    redis.zincrby(KEY, -2, "22")  # 22 is two short; the run will read the database's count
+    cp = Checkpoints()
+
+    def lease_lost_then_a_manual_fix_and_another_run():
+        expire_leases(redis, FOLLOWERS)  # a partition or a failover that lost the key
+        with engine.begin() as conn:  # a DBA deletes two follows by hand: Redis is right again
+            conn.exec_driver_sql(
+                "DELETE FROM user_relation WHERE target_user_id = 22 ORDER BY relation_id LIMIT 2")
+        run(engine, redis)
+
+    cp.at("recount", lease_lost_then_a_manual_fix_and_another_run, counter=KEY)
+    outcome = attempt(lambda: run(engine, redis, checkpoint=cp))
+
+    cp.assert_fired()
+    assert exact(engine, redis)  # the stale count read before the lease was lost was not written
+    assert isinstance(outcome, LockLost)
+
+
+def test_a_writer_with_the_previous_increment_script_fails_the_counter(world):
+    engine, redis = world
+    previous = redis.register_script(PREVIOUS_INCR)
+
+    def old_pod_follows():
+        follow(engine, redis, 900, 25).commit()
+        previous(keys=[KEY, f"{{{KEY}}}:dirty"], args=["25", 1])
+
+    cp = Checkpoints().at("stream_batch", old_pod_follows, counter=KEY)
+    report = run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert "previous increment script" in result_of(report).error
+
+
+def test_a_leaked_announcement_leaves_its_member_skipped_until_it_expires(world):
+    engine, redis = world
+    redis.zincrby(KEY, 2, "24")
+    follow(engine, redis, 900, 24).announce()  # the writer died before its commit
+
+    first = run(engine, redis)
+
+    assert result_of(first).skipped == 1
+    assert "24" in result_of(first).skipped_ids
+    redis.zadd(f"{{{KEY}}}:inflight:ops", {m: 0 for m in redis.zrange(f"{{{KEY}}}:inflight:ops", 0, -1)})
+    second = run(engine, redis)  # the announcement's time is up: reaped, then repaired
+    assert result_of(second).skipped == 0
+    assert exact(engine, redis)
+
+
+def test_check_under_traffic_reports_no_drift_that_is_not_there(world):
+    engine, redis = world
+    write = follow(engine, redis, 900, 26)
+    cp = Checkpoints()
+    cp.at("snapshot", lambda: write.announce().commit(), counter=KEY)
+    cp.at(("observe", "final_pass"), write.increment, counter=KEY)
+
+    report = run(engine, redis, dry_run=True, checkpoint=cp)
+
+    cp.assert_fired()
+    assert not report.drift
+
+
+# -- what a run leaves in Redis --------------------------------------------------------------
+
+
+def test_a_junk_member_with_a_trailing_newline_is_removed(world):
+    engine, redis = world
+    redis.zadd(KEY, {"25\n": 1})
+    report = run(engine, redis)
+    assert redis.zscore(KEY, "25\n") is None
+    assert result_of(report).wrong == 1
+    assert exact(engine, redis)
+
+
+def test_no_key_a_run_creates_has_a_ttl_that_eviction_could_pick(world):
+    engine, redis = world
+    redis.delete(KEY)
+    redis.zincrby(FOLLOWINGS.key, 2, "1000")
+    seen = {}
+
+    def note_ttls():
+        for key in redis.scan_iter("*count:*"):
+            seen[key] = redis.pttl(key)
+
+    cp = Checkpoints()
+    for name in ("rebuild_batch", "swap", "stream_batch", "final_pass"):
+        for counter in (FOLLOWERS, FOLLOWINGS):
+            cp.at(name, note_ttls, counter=counter)
+    run(engine, redis, (FOLLOWERS, FOLLOWINGS), checkpoint=cp)
+
+    assert any("staging" in key for key in seen)
+    assert {key: ttl for key, ttl in seen.items() if ttl != -1} == {}
+
+
+def test_every_checkpoint_a_run_reaches_is_declared(world):
+    from common.cache.engine import CHECKPOINTS
+
+    engine, redis = world
+    redis.delete(KEY)
+    redis.zincrby(FOLLOWINGS.key, 2, "1000")
+    cp = Checkpoints()
+    run(engine, redis, (FOLLOWERS, FOLLOWINGS), checkpoint=cp)
+    assert set(cp.names()) <= set(CHECKPOINTS)
+
+
+def test_counters_outside_the_run_are_not_touched(world):
+    engine, redis = world
+    other = Statistic.registry["count:art:liking"]
+    redis.zadd(other.key, {"5": 3})
+    run(engine, redis)
+    assert redis.zscore(other.key, "5") == 3
