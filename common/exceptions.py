@@ -15,16 +15,18 @@ class UnknownCounter(StatsError):
 
 
 class LockHeld(StatsError):
-    """Another repair run holds the lock."""
+    """Another run holds a lease on a counter this run needs."""
 
-    def __init__(self, holder, ttl_ms):
+    def __init__(self, holder, ttl_ms, counter=""):
         self.holder = holder
         self.ttl_ms = ttl_ms
-        super().__init__(f"another stats run holds the lock ({holder}, expires in {max(ttl_ms, 0) / 1000:.0f}s)")
+        self.counter = counter
+        on = f" on {counter}" if counter else ""
+        super().__init__(f"another stats run holds the lease{on} ({holder}, expires in {max(ttl_ms, 0) / 1000:.0f}s)")
 
 
 class LockLost(StatsError):
-    """The run's lock expired or was taken over while the run was going."""
+    """The run's lease expired or was taken over while the run was going."""
 
 
 class Interrupted(StatsError):
@@ -35,5 +37,16 @@ class Interrupted(StatsError):
         super().__init__(f"stopped by {signal_name} between batches; live counters are intact")
 
 
-class CounterFailed(StatsError):
-    """A counter's repair failed (database or Redis error mid-run)."""
+class PreviousWriters(StatsError):
+    """A writer of the release before the write protocol bumped the counter during the run."""
+
+
+class StagingLost(StatsError):
+    """The staging key of a rebuild lost members before the swap (something freed it)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """Describe an error in one line: its type and the first line of its message (for a
+    database error, the driver's own message)."""
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0]}"

@@ -165,3 +165,10 @@ def plant_run(redis, counters, holder="deadhost:1", ttl_ms=1500, scope="*"):
     deadline = seconds * 1000 + micros // 1000 + ttl_ms
     for counter in counters:
         redis.zadd(f"{{{counter.key}}}:runs", {f"dead00000000 {scope} {holder}": deadline})
+
+
+def live_runs(redis) -> list:
+    """The counters' lease keys holding a lease still live (by the server's clock)."""
+    seconds, micros = redis.time()
+    now = seconds * 1000 + micros // 1000
+    return sorted(key for key in redis.scan_iter("{count:*}:runs") if redis.zcount(key, now, "+inf"))

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from common.cache.lock import LOCK_KEY
+from common.cache.statistic import COUNTERS
 from common.demo import drift_counters, seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.expected import KEYS, actual, expected, wrong_members
+from tests.races import plant_run
 from toutiao import create_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,29 +167,33 @@ def test_database_without_the_tables_exits_2(config, redis, tmp_path):
     assert not any(redis.exists(key) for key in KEYS)
 
 
-def test_a_second_run_exits_75_naming_the_lock_holder(seeded, redis, runner):
-    redis.set(LOCK_KEY, "otherhost:4242 token", px=60_000)
+def leases(redis) -> list:
+    """Every run's lease key still in Redis."""
+    return sorted(redis.scan_iter("{count:*}:runs"))
+
+
+def test_a_second_run_exits_75_naming_the_lease_holder(seeded, redis, runner):
+    plant_run(redis, COUNTERS, holder="otherhost:4242", ttl_ms=60_000)
     before = snapshot(redis)
     result = runner.invoke(args=["stats", "fix"])
-    assert_one_line_error(result, 75, "otherhost:4242")
+    assert_one_line_error(result, 75, "otherhost:4242", "--wait")
     assert snapshot(redis) == before
 
 
-def test_a_crashed_runs_lock_expires(seeded, redis, runner):
-    redis.set(LOCK_KEY, "crashed:1 token", px=200)
-    time.sleep(0.3)
+def test_a_crashed_runs_expired_lease_is_taken_over(seeded, redis, runner):
+    plant_run(redis, COUNTERS, holder="crashed:1", ttl_ms=-1)
     assert runner.invoke(args=["stats", "fix"]).exit_code == 0
-    assert not redis.exists(LOCK_KEY)
+    assert leases(redis) == []
 
 
-def test_check_does_not_take_the_lock(seeded, redis, runner):
-    redis.set(LOCK_KEY, "otherhost:4242 token", px=60_000)
+def test_check_runs_beside_a_fix(seeded, redis, runner):
+    plant_run(redis, COUNTERS, holder="otherhost:4242", ttl_ms=60_000)
     assert runner.invoke(args=["stats", "check"]).exit_code == 3
 
 
-def test_the_lock_is_released_after_a_run(seeded, redis, runner):
+def test_every_lease_is_given_back_after_a_run(seeded, redis, runner):
     assert runner.invoke(args=["stats", "fix"]).exit_code == 0
-    assert not redis.exists(LOCK_KEY)
+    assert list(redis.scan_iter("{count:*")) == []
 
 
 def cli_env(**extra):
@@ -215,7 +220,7 @@ def test_sigterm_stops_between_batches_exits_143_and_leaves_counters_whole(engin
         text=True,
     )
     deadline = time.monotonic() + 20
-    while not redis.smembers("stats:fix:staging") and time.monotonic() < deadline:
+    while not any(redis.scan_iter("{count:*}:staging:*")) and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
@@ -227,7 +232,6 @@ def test_sigterm_stops_between_batches_exits_143_and_leaves_counters_whole(engin
         want = expected(engine, key)
         assert (kind, members) == before[key] or members == want, key
     assert [k for k in redis.scan_iter("{count:*")] == []
-    assert not redis.exists(LOCK_KEY)
     subprocess.run(flask("stats", "fix"), cwd=ROOT, env=cli_env(), check=True, capture_output=True)
     assert wrong_members(engine, redis) == {}
 
@@ -255,13 +259,25 @@ def test_demo_seed_refuses_a_database_that_has_data(seeded, runner):
     assert_one_line_error(result, 2, "empty database")
 
 
-def test_a_shard_refuses_to_start_while_a_full_run_holds_the_lock(seeded, redis, runner):
-    redis.set(LOCK_KEY, "nightly:7 token", px=60_000)
+@pytest.mark.parametrize("running, scope, args", [
+    ("a full run", "*", ["--shard", "1/3"]),
+    ("a shard", "0/3", []),
+    ("a shard of another split", "0/3", ["--shard", "1/2"]),
+])
+def test_runs_over_the_same_members_refuse_each_other(seeded, redis, runner, running, scope, args):
+    plant_run(redis, COUNTERS, holder="nightly:7", ttl_ms=60_000, scope=scope)
     before = snapshot(redis)
-    result = runner.invoke(args=["stats", "fix", "--shard", "1/3"])
+    result = runner.invoke(args=["stats", "fix", *args])
     assert_one_line_error(result, 75, "nightly:7")
     assert snapshot(redis) == before
-    assert not redis.exists(f"{LOCK_KEY}:1/3")
+    assert all(redis.zcard(key) == 1 for key in leases(redis))  # only the planted run's
+
+
+def test_runs_over_different_counters_go_together(seeded, redis, runner):
+    plant_run(redis, [c for c in COUNTERS if c.key != "count:user:arts"], holder="nightly:7", ttl_ms=60_000)
+    result = runner.invoke(args=["stats", "fix", "--only", "count:user:arts"])
+    assert result.exit_code == 0, result.output
+    assert wrong_members(seeded, redis, ["count:user:arts"]) == {}
 
 
 def test_unset_urls_with_an_unusable_instance_folder_exit_2(tmp_path):

@@ -9,11 +9,13 @@ import pytest
 import redis as redis_py
 from sqlalchemy import create_engine, text
 
-from common.cache.engine import STAGING_REGISTRY, RepairEngine, Shard, parse_member
+from common.cache.engine import RepairEngine
+from common.cache.members import IdBitmap, Shard, parse_member
 from common.cache.statistic import COUNTERS, Statistic
 from common.demo import seed_database
 from common.models import Base
 from tests.expected import KEYS, actual, expected, wrong_members
+from tests.races import follow, plant_run
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,11 @@ def stack(request, tmp_path):
         redis.flushdb()
     seed_database(engine, users=40)
     return engine, redis
+
+
+def leftovers(redis) -> list:
+    """The repair protocol's keys still in Redis (runs, tracking, staging...): none once runs end."""
+    return sorted(redis.scan_iter("{count:*"))
 
 
 def fix(engine, redis, **kwargs):
@@ -130,7 +137,7 @@ def test_fix_repairs_each_drift_case_exactly(stack, drift, key):
     assert wrong_members(engine, redis) == {}
     assert result_of(report, key).wrong == wrong
     assert not report.failed
-    assert not redis.exists(STAGING_REGISTRY)
+    assert leftovers(redis) == []
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -287,13 +294,32 @@ def test_staging_keys_share_the_live_keys_hash_slot(engine, redis):
     assert not [k for k in redis.scan_iter("{count:*")]
 
 
-def test_staging_keys_left_by_a_killed_run_are_freed_by_the_next(engine, redis):
+def test_keys_left_by_a_killed_run_are_freed_once_its_lease_is_gone(engine, redis):
     seed_database(engine, users=30)
-    redis.zadd("{count:user:arts}:staging:dead", {"1": 1})
-    redis.sadd(STAGING_REGISTRY, "{count:user:arts}:staging:dead")
+    arts = Statistic.registry["count:user:arts"]
+    plant_run(redis, [arts], holder="killed:1", ttl_ms=-1)  # its lease already ran out
+    for suffix in ("staging", "track", "late"):
+        redis.zadd(f"{{count:user:arts}}:{suffix}:dead00000000", {"1": 1})
     fix(engine, redis)
-    assert not redis.exists("{count:user:arts}:staging:dead")
-    assert not redis.exists(STAGING_REGISTRY)
+    assert leftovers(redis) == []
+
+
+def test_a_live_runs_staging_key_is_left_alone(engine, redis):
+    seed_database(engine, users=30)
+    arts = Statistic.registry["count:user:arts"]
+    plant_run(redis, [arts], holder="busy:1", ttl_ms=60_000, scope="0/2")
+    redis.zadd("{count:user:arts}:staging:dead00000000", {"1": 1})
+    report = RepairEngine(redis, engine, settle=0.01, shard=Shard(1, 2)).run([arts])
+    assert not report.failed
+    assert redis.exists("{count:user:arts}:staging:dead00000000")
+
+
+def test_staging_keys_of_the_release_before_are_freed_once_its_lock_is_gone(engine, redis):
+    seed_database(engine, users=30)
+    redis.zadd("{count:user:arts}:staging:old", {"1": 1})
+    redis.sadd("stats:fix:staging", "{count:user:arts}:staging:old")
+    fix(engine, redis)
+    assert not redis.exists("{count:user:arts}:staging:old", "stats:fix:staging")
 
 
 def test_a_failed_rebuild_leaves_the_live_counter_untouched(engine, redis):
@@ -371,18 +397,11 @@ def test_increments_committed_during_a_rebuild_are_not_lost(engine, redis, start
     beats = []
 
     def follow_between_batches():
-        # The app's write path: commit the row, then bump the counter.
+        # The app's write path: announce, commit the row, then bump the counter.
         beats.append(1)
         n = len(beats)
         if n % 3 == 0 and n < 60:
-            target = targets[(n * 7) % len(targets)]
-            with engine.begin() as conn:
-                conn.execute(
-                    text("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (:u, :t, 1)"),
-                    {"u": 100_000 + n, "t": target},
-                )
-            if redis.type(key) in ("zset", "none"):
-                redis.zincrby(key, 1, target)
+            follow(engine, redis, 100_000 + n, int(targets[(n * 7) % len(targets)])).run()
 
     report = RepairEngine(
         redis, engine, batch_size=4, settle=0.01, rebuild=start == "--rebuild", heartbeat=follow_between_batches
@@ -391,8 +410,7 @@ def test_increments_committed_during_a_rebuild_are_not_lost(engine, redis, start
     assert len(beats) > 20
     assert result_of(report, key).mode == "rebuild"
     assert wrong_members(engine, redis, [key]) == {}
-    assert [k for k in redis.scan_iter("{count:*")] == []
-    assert not redis.exists(STAGING_REGISTRY)
+    assert leftovers(redis) == []
 
 
 def test_snowflake_ids_and_their_strays_are_repaired(engine, redis):
@@ -416,8 +434,6 @@ def test_snowflake_ids_and_their_strays_are_repaired(engine, redis):
 
 
 def test_id_bitmap_knows_small_and_snowflake_ids():
-    from common.cache.engine import IdBitmap
-
     seen = IdBitmap(limit=1 << 10)
     for member_id in [3, 900, 5000, 1 << 40, (1 << 40) + 7, 2**64 - 1]:
         seen.add(member_id)

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from common.cache.engine import STAGING_REGISTRY, RepairEngine
-from common.cache.lock import LOCK_KEY
+from common.cache.engine import RepairEngine
 from common.cache.statistic import COUNTERS
 from common.demo import drift_counters, seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.expected import KEYS, actual, expected, wrong_members
+from tests.races import live_runs
 from tests.servers import ROOT, RedisServer, TcpProxy, flask_cmd, flask_env, wait_until
 
 USERS = 200  # with --batch-size 1 a run takes a few seconds: time to strike mid-run
@@ -77,9 +77,7 @@ def assert_whole(engine, redis, before):
 
 def assert_clean_and_exact(engine, redis):
     assert wrong_members(engine, redis) == {}
-    assert redis.scard(STAGING_REGISTRY) == 0
-    assert list(redis.scan_iter("{count:*")) == []
-    assert not redis.exists(LOCK_KEY)
+    assert list(redis.scan_iter("{count:*")) == []  # no lease, tracking, staging or claim left
 
 
 def mid_rebuild(redis):
@@ -109,9 +107,9 @@ def test_redis_killed_mid_run_exits_1_keeps_counters_whole_and_the_next_run_is_e
         server.start()  # the same port and data: every acknowledged write survived
         redis = server.client()
         assert_whole(engine, redis, before)
-        # The dead run could not release its lock: it expires (STATS_LOCK_TTL=2).
-        wait_until(lambda: not redis.exists(LOCK_KEY), timeout=10, what="the lock to expire")
-        result = run_fix(DATABASE_URL, server.url)
+        # The dead run could not give back its leases: the next run waits them out (STATS_LOCK_TTL=2).
+        assert live_runs(redis)
+        result = run_fix(DATABASE_URL, server.url, "--wait", "10")
         assert result.returncode == 0, result.stderr
         assert_clean_and_exact(engine, redis)
     finally:
@@ -136,7 +134,7 @@ def test_database_cut_mid_run_exits_1_keeps_counters_whole_and_the_next_run_is_e
     assert len(errors) == 1 and "Traceback" not in err, err
     assert "failed" in errors[0] and "OperationalError" in errors[0], errors[0]
     assert_whole(engine, redis, before)
-    assert not redis.exists(LOCK_KEY)  # Redis was fine: the lock was released
+    assert live_runs(redis) == []  # Redis was fine: the leases were given back
 
     result = run_fix(DATABASE_URL, REDIS_URL)
     assert result.returncode == 0, result.stderr
@@ -175,7 +173,7 @@ def test_a_killed_query_fails_its_counter_with_exit_1_and_the_next_run_is_exact(
     with locked(engine, "news_comment_liking"):
         proc = start_fix(DATABASE_URL, REDIS_URL, "--rebuild")
         victim = wait_until(lambda: waiting_query(engine), what="the run's query on news_comment_liking")
-        assert redis.scard(STAGING_REGISTRY) > 0  # mid-rebuild of count:comm:liking
+        assert "{count:comm:liking}:runs" in live_runs(redis)  # at count:comm:liking
         with engine.connect() as conn:
             conn.execute(text(f"{kill} {int(victim)}"))
         out, err = proc.communicate(timeout=60)
@@ -198,7 +196,7 @@ def test_a_killed_query_fails_its_counter_with_exit_1_and_the_next_run_is_exact(
 # -- the process is killed --------------------------------------------------------------
 
 
-def test_sigkill_mid_rebuild_keeps_live_counters_the_lock_expires_and_the_next_run_cleans_up(engine, redis, runner):
+def test_sigkill_mid_rebuild_keeps_live_counters_and_the_next_run_waits_then_cleans_up(engine, redis, runner):
     before = prepare(engine, redis)
     proc = start_fix(DATABASE_URL, REDIS_URL, "--rebuild", STATS_LOCK_TTL="3")
     wait_until(lambda: mid_rebuild(redis), what="the run to be mid-rebuild")
@@ -207,13 +205,13 @@ def test_sigkill_mid_rebuild_keeps_live_counters_the_lock_expires_and_the_next_r
 
     assert proc.returncode == -signal.SIGKILL
     assert_whole(engine, redis, before)
-    assert mid_rebuild(redis) and redis.scard(STAGING_REGISTRY) > 0  # the killed run's staging key
-    assert 0 < redis.pttl(LOCK_KEY) <= 3000
+    staging = list(redis.scan_iter("{count:*}:staging:*"))
+    assert staging and all(redis.pttl(key) == -1 for key in staging)  # nothing an eviction policy prefers
+    assert live_runs(redis)
 
-    busy = runner.invoke(args=["stats", "fix"])  # in-process: well within the lock's last seconds
+    busy = runner.invoke(args=["stats", "fix"])  # in-process: well within the leases' last seconds
     assert busy.exit_code == 75, busy.output
-    wait_until(lambda: not redis.exists(LOCK_KEY), timeout=10, what="the dead run's lock to expire")
-    result = run_fix(DATABASE_URL, REDIS_URL)
+    result = run_fix(DATABASE_URL, REDIS_URL, "--wait", "10")  # as the CronJob's retry does
     assert result.returncode == 0, result.stderr
     assert any(
         "freed" in json.loads(line)["message"] for line in result.stderr.splitlines() if line.startswith("{")

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from common.cache.engine import RepairEngine
-from common.cache.lock import LOCK_KEY
+from common.cache.statistic import COUNTERS
+from tests.races import plant_run
 from common.cache.statistic import COUNTERS
 from common.demo import drift_counters, seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
@@ -148,7 +149,7 @@ def summaries(caplog):
     "args,setup,status,level",
     [
         (["check"], None, 3, logging.INFO),
-        (["fix"], lambda redis: redis.set(LOCK_KEY, "otherhost:1 token", px=60_000), 75, logging.WARNING),
+        (["fix"], lambda redis: plant_run(redis, COUNTERS, holder="otherhost:1", ttl_ms=60_000), 75, logging.WARNING),
         (["fix", "--only", "count:nope"], None, 2, logging.ERROR),
     ],
     ids=["check-drift", "lock-busy", "unknown-counter"],

@@ -15,7 +15,8 @@ import pytest
 from apscheduler.executors.debug import DebugExecutor
 from apscheduler.triggers.cron import CronTrigger
 
-from common.cache.lock import LOCK_KEY
+from common.cache.statistic import COUNTERS
+from tests.races import live_runs, plant_run
 from common.demo import drift_counters, seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.expected import KEYS, actual, expected, wrong_members
@@ -70,14 +71,14 @@ def test_the_job_runs_a_real_fix_with_the_lock_logs_and_metrics(config, engine, 
         with caplog.at_level(logging.INFO):
             assert job.func(*job.args, **job.kwargs) == 0
         assert wrong_members(engine, redis) == {}
-        assert not redis.exists(LOCK_KEY)
+        assert live_runs(redis) == []
         (summary,) = summaries(caplog)
         assert (summary["command"], summary["exit_status"], summary["counters"]) == ("fix", 0, len(KEYS))
         assert summary["fixed"] > 0
         assert any(n == "stats_fix_last_success_timestamp_seconds" for n, _ in gateway.metrics())
 
-        # A run that cannot take the lock reports it and leaves the scheduler to try tomorrow.
-        redis.set(LOCK_KEY, "otherhost:1 token", px=60_000)
+        # A run that cannot take its leases reports it and leaves the scheduler to try tomorrow.
+        plant_run(redis, COUNTERS, holder="otherhost:1", ttl_ms=60_000)
         caplog.clear()
         with caplog.at_level(logging.INFO):
             assert job.func(*job.args, **job.kwargs) == 75
@@ -95,12 +96,12 @@ def test_sigterm_during_a_scheduled_run_stops_the_run_between_batches_and_the_sc
 
     def terminate_mid_run():
         deadline = time.monotonic() + 15
-        while not redis.exists(LOCK_KEY):
+        while not live_runs(redis):
             if time.monotonic() > deadline:  # never hang the suite: the asserts below fail instead
                 scheduler.shutdown(wait=False)
                 return
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler is installed while it holds the lock
+        os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler is installed while it holds leases
 
     late = []  # a SIGTERM that missed the run lands here instead of killing pytest
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: late.append(signum))
@@ -118,7 +119,7 @@ def test_sigterm_during_a_scheduled_run_stops_the_run_between_batches_and_the_sc
     assert summary["exit_status"] == 143 and "SIGTERM" in summary["error"]
     for key in KEYS:  # each counter untouched or completely built
         assert actual(redis, key) in (before[key], expected(engine, key)), key
-    assert not redis.exists(LOCK_KEY)
+    assert live_runs(redis) == []
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from common.cache.engine import RepairEngine, Shard
+from common.cache.engine import RepairEngine
+from common.cache.members import Shard
 from common.cache.statistic import Statistic
 from common.exceptions import LockHeld, LockLost
 from tests.expected import expected, wrong_members
@@ -218,7 +219,7 @@ def test_a_swap_refuses_a_staging_key_that_lost_members(world):
 def another_member_changes_during_the_final_pass(engine, redis, cp, land):
     """Make member 27 a candidate of the run's final pass, and call ``land()`` while that
     pass re-reads it: after the last moment a run that trusts timing looks at anything else."""
-    cp.at("stream_batch", lambda: follow(engine, redis, 902, 27).run(), counter=KEY)  # 27 is tracked
+    cp.at("sweep_batch", lambda: follow(engine, redis, 902, 27).run(), counter=KEY)  # touched after the stream
     write = follow(engine, redis, 901, 27)
     cp.at("final_pass", lambda: write.announce().commit(), counter=KEY)  # and wrong until its increment
     cp.at("observe", lambda: (land(), write.increment()), counter=KEY, after="final_pass")
@@ -244,7 +245,7 @@ def test_an_unannounced_increment_during_a_run_is_left_to_the_run(world):
     redis.zincrby(KEY, 3, "23")
     write = follow(engine, redis, 900, 23)  # its announcement failed: commit, then increment
     cp = Checkpoints()
-    cp.at("observe", write.commit, counter=KEY)
+    cp.at("snapshot", write.commit, counter=KEY)
     another_member_changes_during_the_final_pass(engine, redis, cp, land=write.increment)
 
     run(engine, redis, checkpoint=cp)
@@ -255,8 +256,10 @@ def test_an_unannounced_increment_during_a_run_is_left_to_the_run(world):
 
 def test_a_run_whose_lease_expired_writes_nothing(world):
     engine, redis = world
-    redis.zincrby(KEY, -2, "22")  # 22 is two short; the run will read the database's count
+    redis.zincrby(KEY, -2, "22")  # 22 is two short
     cp = Checkpoints()
+    # Traffic touches 22, so the run re-counts it in the database before writing.
+    cp.at("stream_batch", lambda: follow(engine, redis, 900, 22).run(), counter=KEY)
 
     def lease_lost_then_a_manual_fix_and_another_run():
         expire_leases(redis, FOLLOWERS)  # a partition or a failover that lost the key

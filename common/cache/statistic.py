@@ -5,8 +5,8 @@ it from MySQL, the source of truth. The query selects ``(member id, count)`` gro
 the member; the repair engine adds ordering, id filters and sharding to it. A member
 whose count is 0 is absent from the set.
 
-The app bumps counters with :meth:`Statistic.incr` after committing to the database
-and reads them with :meth:`Statistic.get` and :meth:`Statistic.get_many`.
+The app bumps counters through :mod:`common.cache.writes` (announce, commit, apply) and
+reads them with :meth:`Statistic.get` and :meth:`Statistic.get_many`.
 """
 from __future__ import annotations
 
@@ -15,15 +15,6 @@ from typing import ClassVar, Iterable
 from sqlalchemy import Integer, Select, cast, func, select
 
 from common.models import Article, Attitude, Collection, Comment, CommentLiking, Relation
-
-
-# ZINCRBY, then drop the member if it reached 0, and note it for a running repair.
-_INCR = """
-local score = redis.call('ZINCRBY', KEYS[1], ARGV[2], ARGV[1])
-if tonumber(score) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
-return score
-"""
 
 
 class Statistic:
@@ -79,22 +70,16 @@ class Statistic:
         return [int(s) if s is not None else 0 for s in redis.zmscore(cls.key, ids)]
 
     @classmethod
-    def dirty_key(cls) -> str:
-        """The set where :meth:`incr` records the ids it touches while a repair tracks them.
+    def incr(cls, redis, member_id, increment: int = 1) -> str:
+        """Add ``increment`` to the count of one id, unannounced; call only after the commit.
 
-        It shares the counter's hash slot, so the increment script works on Redis Cluster.
+        The app's write path announces its increments before committing instead
+        (:mod:`common.cache.writes`); this is for scripts and one-off fixes. A count that
+        reaches 0 leaves the set. Returns the outcome (see :func:`common.cache.writes.apply`).
         """
-        return f"{{{cls.key}}}:dirty"
+        from common.cache import writes
 
-    @classmethod
-    def incr(cls, redis, member_id, increment: int = 1):
-        """Add ``increment`` to the count of one id; call only after the database commit.
-
-        A count that reaches 0 leaves the set (a member whose count is 0 is absent). While
-        a repair runs, the id is also recorded in :meth:`dirty_key` so the repair rechecks
-        it. ``redis`` may be a pipeline.
-        """
-        return redis.register_script(_INCR)(keys=[cls.key, cls.dirty_key()], args=[str(member_id), increment], client=redis)
+        return writes.apply(redis, writes.unannounced(writes.deltas((cls, member_id, increment))))[0]
 
 
 class UserArticlesCount(Statistic):

@@ -1,5 +1,5 @@
 """Open the configured database and Redis, turning every failure into a one-line error."""
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -52,6 +52,15 @@ def connect_redis():
     except RedisError as exc:
         raise RuntimeFailure(f"cannot reach Redis at {shown}: {_first_line(exc)}")
     return client
+
+
+def redis_failure(exc) -> RuntimeFailure:
+    """Turn a Redis error met mid-command into a one-line runtime failure naming the server."""
+    shown = mask_url(redis_client.description)
+    if isinstance(exc, ReadOnlyError):
+        return RuntimeFailure(f"Redis at {shown} is a read-only replica (a failover?); "
+                              "point REDIS_URL at the master, or use REDIS_SENTINELS")
+    return RuntimeFailure(f"Redis at {shown} failed: {_first_line(exc)}")
 
 
 def _first_line(exc) -> str:

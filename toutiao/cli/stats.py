@@ -14,12 +14,16 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from common.cache.engine import RepairEngine, Report, Shard
-from common.cache.lock import LOCK_KEY, RunLock
+from redis.exceptions import RedisError
+
+from common.cache.engine import RepairEngine
+from common.cache.members import Shard
+from common.cache.report import Report
 from common.cache.statistic import COUNTERS, select_counters
 from common.exceptions import Interrupted, LockHeld, LockLost, UnknownCounter
-from toutiao.cli.connect import connect_database, connect_redis
+from toutiao.cli.connect import connect_database, connect_redis, redis_failure
 from toutiao.cli.errors import EXIT_DRIFT, ConfigError, LockBusy, RuntimeFailure, Stopped
+from toutiao.config import SettingError, number
 from toutiao.cli.outcome import observed_run, record_counter
 from toutiao.cli.progress import Progress
 
@@ -101,26 +105,39 @@ def check(only, batch_size, jobs, shard, as_json, examples):
 
 @stats_cli.command("fix")
 @_common_options
-@click.option("--rebuild", is_flag=True, help="Rebuild every selected counter from scratch, then reconcile.")
-def fix(only, batch_size, jobs, shard, as_json, rebuild):
+@click.option("--rebuild", is_flag=True, help="Rebuild every selected counter from scratch, then recheck what traffic touched.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 86_400),
+    default=0,
+    metavar="SECONDS",
+    help="While another run holds a counter, wait up to this long for it (a crashed run's lease "
+    "expires after STATS_LOCK_TTL) instead of exiting 75 at once.",
+)
+def fix(only, batch_size, jobs, shard, as_json, rebuild, wait):
     """Make every counter in Redis equal to what the database says."""
     with observed_run("fix", shard=shard, push=True):
         if rebuild and shard is not None:
             raise click.UsageError("--rebuild replaces whole keys and cannot be combined with --shard")
-        report = _run(only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, show_progress=not as_json)
+        report = _run(only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, wait=wait,
+                      show_progress=not as_json)
         _render(report, as_json, examples=0)
         _fail_if_broken(report)
 
 
-def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10, show_progress=False):
+def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, wait=0.0, examples=10, show_progress=False):
     try:
         counters = select_counters(only)
     except UnknownCounter as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--only'")
-    batch_size = batch_size or _setting("STATS_BATCH_SIZE", int, minimum=1)
-    jobs = jobs or _setting("STATS_JOBS", int, minimum=1)
-    settle = _setting("STATS_SETTLE_SECONDS", float, minimum=0)
-    lock_ttl = _setting("STATS_LOCK_TTL", float, minimum=1)
+    try:
+        batch_size = batch_size or number(current_app.config, "STATS_BATCH_SIZE")
+        jobs = jobs or number(current_app.config, "STATS_JOBS")
+        settle = number(current_app.config, "STATS_SETTLE_SECONDS")
+        lease_ttl = number(current_app.config, "STATS_LOCK_TTL")
+        number(current_app.config, "STATS_INFLIGHT_TTL")  # the web app's; refused here too, before it harms
+    except SettingError as exc:
+        raise ConfigError(str(exc))
 
     engine = connect_database(require_tables=True)
     redis = connect_redis()
@@ -131,13 +148,11 @@ def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10, 
         progress.done(result.counter)
         record_counter(result)
 
-    with _stop_signals() as stop, _lock(redis, shard, lock_ttl, enabled=not dry_run) as lock, progress:
+    with _stop_signals() as stop, progress:
 
         def heartbeat():
             if stop.signal_name:
                 raise Interrupted(stop.signal_name)
-            if lock is not None:
-                lock.check()
 
         repair = RepairEngine(
             redis,
@@ -149,6 +164,8 @@ def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10, 
             shard=shard,
             jobs=jobs,
             max_examples=examples,
+            lease_ttl=lease_ttl,
+            wait=wait,
             heartbeat=heartbeat,
             on_result=on_result,
             on_progress=progress.advance,
@@ -159,19 +176,12 @@ def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, examples=10, 
             return repair.run(counters)
         except Interrupted as exc:
             raise Stopped(str(exc), exc.signal_name)
+        except LockHeld as exc:
+            raise LockBusy(f"{exc}; try again later, or pass --wait SECONDS")
         except LockLost as exc:
             raise RuntimeFailure(str(exc))
-
-
-def _setting(name, kind, minimum):
-    raw = current_app.config.get(name)
-    try:
-        value = kind(raw)
-        if value < minimum:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number of at least {minimum}, got {raw!r}")
-    return value
+        except (RedisError, OSError) as exc:
+            raise redis_failure(exc)
 
 
 class _StopFlag:
@@ -196,28 +206,6 @@ def _stop_signals():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-@contextmanager
-def _lock(redis, shard, ttl, enabled):
-    if not enabled:
-        yield None
-        return
-    key = LOCK_KEY if shard is None else f"{LOCK_KEY}:{shard.index}/{shard.total}"
-    lock = RunLock(redis, key=key, ttl=ttl)
-    try:
-        lock.acquire()
-    except LockHeld as exc:
-        raise LockBusy(f"{exc}; try again later")
-    full_run = redis.get(LOCK_KEY) if shard is not None else None
-    if full_run:
-        # A shard and a full run would repair the same members twice over.
-        lock.release()
-        raise LockBusy(f"a full stats run holds the lock ({full_run.split(' ')[0]}); try the shard again later")
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def _render(report, as_json, examples):
