@@ -214,11 +214,11 @@ class RepairEngine:
             self.beat()
             time.sleep(CLAIM_STEP)
             reap_dead(self.redis, repair.counter)  # a claim whose run died is freed
-        if waited:
-            kind = self.redis.type(repair.key)
-            if kind == "zset" and not self.rebuild:
-                repair.reconcile()
-                return
+        found, kind = kind, self.redis.type(repair.key)
+        # Traffic cannot turn a key of another type into a sorted set: another run rebuilt it.
+        if (waited or found not in ("zset", "none")) and kind == "zset" and not self.rebuild:
+            repair.reconcile()
+            return
         reason = "--rebuild" if self.rebuild else "key was missing" if kind == "none" else f"key held a {kind}"
         repair.rebuild(kind, reason)
 

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from common.cache import keys
 from common.cache.members import Shard
 from common.cache.script import NOW, Lua
-from common.exceptions import LockHeld, LockLost
+from common.exceptions import LockHeld, LockLost, PreviousWriters
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,20 @@ return 1
 """)
 
 # KEYS[1] = runs. ARGV: member, token, '1' to insist that nothing is left to recheck.
-# 1 released, 0 ids still wait in the late set, -1 the lease was lost before.
+# 1 released, 0 ids still wait in the late set, -1 the lease was lost before, -2 released
+# but a writer of the release before bumped the counter meanwhile (its canary has ids).
 _RELEASE = Lua(NOW + _REAP + """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local lost = (not deadline) or tonumber(deadline) < now
 if (not lost) and ARGV[3] == '1' and redis.call('SCARD', prefix .. 'late:' .. ARGV[2]) > 0 then return 0 end
+local fixing = string.match(ARGV[1], '^%S+ (%S+)') ~= 'check'
+local old_writers = fixing and redis.call('SCARD', prefix .. 'dirty') > 1
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('UNLINK', prefix .. 'track:' .. ARGV[2], prefix .. 'late:' .. ARGV[2], prefix .. 'staging:' .. ARGV[2])
 if redis.call('GET', prefix .. 'rebuild') == ARGV[2] then redis.call('DEL', prefix .. 'rebuild') end
 if fixing_runs() == 0 then redis.call('UNLINK', prefix .. 'dirty') end
 if lost then return -1 end
+if old_writers then return -2 end
 return 1
 """)
 
@@ -114,6 +118,11 @@ FENCE = """
 local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if (not deadline) or tonumber(deadline) < now then return -1 end
 """
+
+
+def previous_writers(key: str) -> str:
+    return (f"a writer with the previous increment script (web pods not yet upgraded) bumped {key} "
+            "during the run, so it may be off; finish rolling out the web app, then run the fix again")
 
 
 def scope_of(shard: Optional[Shard], dry_run: bool) -> str:
@@ -191,6 +200,8 @@ class Leases:
                 self.held.remove(counter.key)
         if answer == -1 and insist:
             raise LockLost(f"lost the lease on {counter.key} (expired or taken over); stopping")
+        if answer == -2 and insist:
+            raise PreviousWriters(previous_writers(counter.key))
         return 1
 
     def close(self):

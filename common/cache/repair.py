@@ -18,10 +18,9 @@ looked: then Redis and the database can be compared, and a compare-and-set scrip
    reported as skipped.
 4. ``rebuild`` (a missing or wrong-type key, or ``--rebuild``): build the whole counter
    under a staging key and swap it in (UNLINK + RENAME, refused if staging lost a member).
-5. ``finish``: recheck every id traffic touched (after a rebuild also every id with an
-   announcement pending at the swap, whatever its shard), then the ids whose unannounced
-   increments were left to this run, then give back the lease, atomically with the late
-   set being empty.
+5. ``finish``: recheck every id traffic touched and every id with an increment announced
+   (after a rebuild, whatever its shard), then the ids whose unannounced increments were
+   left to this run, then give back the lease, atomically with the late set being empty.
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from common.cache import keys
-from common.cache.lease import FENCE
+from common.cache.lease import FENCE, previous_writers
 from common.cache.members import IdBitmap, owned_by, parse_member
 from common.cache.report import Drift
 from common.cache.script import NOW, Lua
@@ -323,9 +322,7 @@ class CounterRepair:
             if answer == -1:
                 raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
             if answer == -2:
-                raise PreviousWriters(
-                    f"a writer with the previous increment script (web pods not yet upgraded) bumped {self.key} "
-                    "during the run, so it may be off; finish rolling out the web app, then run the fix again")
+                raise PreviousWriters(previous_writers(self.key))
             if answer == 0:
                 self._retry(cand)
                 continue
@@ -422,8 +419,9 @@ class CounterRepair:
         for member in self.unresolved:
             self._queue(member, parse_member(member))
         self.unresolved = []
-        if self.all_shards:  # increments announced before the swap may still land on the new key
-            self._queue_set(self.inflight, self.redis.hscan, shard_only=False)
+        # Ids with an increment on its way: one committed before the snapshot hides drift
+        # until it lands (and after a rebuild it would land on top of a count that has it).
+        self._queue_set(self.inflight, self.redis.hscan, shard_only=not self.all_shards)
         self._settle(force=True)
         for _ in range(LATE_ROUNDS):
             if not self.dry_run:

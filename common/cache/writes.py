@@ -23,6 +23,9 @@ from typing import Optional
 from common.cache import keys
 from common.cache.script import NOW, Lua
 
+#: The steps of one write, in order (the protocol model, common/cache/model, names them so).
+WRITER_STEPS = ("announce", "commit", "apply")
+
 #: Seconds an announcement lives without its increment (a writer that died is forgotten
 #: then); it must be longer than any request, so longer than the web server's timeout.
 DEFAULT_TTL = 300.0
