@@ -203,7 +203,7 @@ class RepairEngine:
                 repair.reconcile()
             else:
                 self._rebuild(repair, kind)
-            repair.finish()
+            repair.catch_up()
 
     def _rebuild(self, repair: CounterRepair, kind: str):
         """Rebuild the counter once this run holds its rebuild claim. While another run

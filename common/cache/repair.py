@@ -1,53 +1,34 @@
 """The repair of one counter by one run (README, "How the repair works").
 
-The run holds a lease on the counter, so the app's increments note the ids they touch in
-the run's tracking set, and announce the increments they are about to make. An id is
-*quiet* when no increment of it is announced and none touched it since the run last
-looked: then Redis and the database can be compared, and a compare-and-set script
-(which checks the lease and quietness again, atomically) writes the database's count.
+The run holds a lease on the counter (:mod:`common.cache.lease`): from then on the app's
+increments note the ids they touch in the run's tracking set, and announce themselves
+before their commit (:mod:`common.cache.writes`). An id is *quiet* when no increment of
+it is announced and none touched it since the run last looked; a quiet id's score can be
+compared with the database's count, and written by a script that checks the lease and
+the quietness again (:mod:`common.cache.candidates`).
 
-1. ``reconcile``: stream the counter's GROUP BY in id order and compare each batch with
-   Redis in one MULTI (announcements, scores, tracking). A quiet id whose score differs
-   from the streamed count is written at once: quiet since before the snapshot, its count
-   is still the database's. Any other id becomes a candidate.
-2. Sweep: members Redis holds that the stream did not count are found with ZSCAN; junk
-   (not an id) is removed, quiet strays are removed, others become candidates.
-3. Candidates are looked at again after ``settle`` seconds: observed in Redis (which
-   resets their tracking), re-counted in the database, then written or confirmed, all
-   only while they stay quiet. One that never does is left for the final pass, then
-   reported as skipped.
-4. ``rebuild`` (a missing or wrong-type key, or ``--rebuild``): build the whole counter
-   under a staging key and swap it in (UNLINK + RENAME, refused if staging lost a member).
-5. ``finish``: recheck every id traffic touched and every id with an increment announced
-   (after a rebuild, whatever its shard), then the ids whose unannounced increments were
-   left to this run, then give back the lease, atomically with the late set being empty.
+- ``reconcile``: stream the counter's GROUP BY in id order and compare each batch with
+  Redis in one MULTI (announcements, scores, tracking). A quiet id whose score differs
+  is written from the streamed count at once: quiet since before the snapshot, its
+  count is still the database's. Any other id becomes a candidate. Then sweep: members
+  Redis holds that the stream did not count (ZSCAN): junk is removed, quiet strays are
+  removed, the others become candidates.
+- ``check``: the same, writing nothing (a key of the wrong type: all of it is wrong).
+- ``rebuild`` (a missing or wrong-type key, or ``--rebuild``): build the whole counter
+  under a staging key and swap it in (UNLINK + RENAME, refused if staging lost a member).
+- ``catch_up``: recheck every id traffic touched and every id with an increment announced
+  (after a rebuild, whatever its shard), then the ids whose unannounced increments were
+  left to this run, then give back the lease, atomically with no id left waiting.
 """
 from __future__ import annotations
 
-import time
-from collections import deque
-from dataclasses import dataclass
-
 from common.cache import keys
-from common.cache.lease import FENCE, previous_writers
+from common.cache.candidates import Candidate, Candidates, same
+from common.cache.lease import FENCE
 from common.cache.members import IdBitmap, owned_by, parse_member
 from common.cache.report import Drift
 from common.cache.script import NOW, Lua
-from common.exceptions import LockLost, PreviousWriters, StagingLost, StatsError
-
-# KEYS: counter, runs, track, inflight, canary. ARGV: lease, id, expected score ('' absent),
-# new count ('' remove). 1 written, 0 not quiet or changed, -1 lease lost, -2 old writers.
-_CAS = Lua(NOW + FENCE + """
-if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
-if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 0 end
-local cur = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if ARGV[3] == '' then
-  if cur then return 0 end
-elseif (not cur) or tonumber(cur) ~= tonumber(ARGV[3]) then return 0 end
-if ARGV[4] == '' then redis.call('ZREM', KEYS[1], ARGV[2]) else redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2]) end
-return 1
-""")
+from common.exceptions import LockLost, StagingLost, StatsError
 
 # KEYS: counter, runs. ARGV: lease, members... Junk is never touched by the app.
 _REMOVE = Lua(NOW + FENCE + "return redis.call('ZREM', KEYS[1], unpack(ARGV, 2))")
@@ -86,25 +67,6 @@ return #gone
 LATE_ROUNDS = 50
 
 
-@dataclass
-class _Candidate:
-    member: str
-    member_id: int
-    due: float
-    attempts: int = 0
-
-
-def _count(value):
-    """Normalise a database count: 0 means the member is absent."""
-    return int(value) if value else None
-
-
-def _same(score, count) -> bool:
-    if score is None or count is None:
-        return score is None and count is None
-    return score == count
-
-
 class CounterRepair:
     """One counter's repair within a run: the candidates, the ids seen, the connection."""
 
@@ -116,15 +78,13 @@ class CounterRepair:
         self.result = result
         self.lease = run.leases.member
         self.dry_run = run.dry_run
-        self.pending: deque = deque()
-        self.unresolved: list = []
-        self.final = False
         self.all_shards = False
         self.seen = IdBitmap()
         self.track = keys.track(self.key, run.token)
         self.late = keys.late(self.key, run.token)
         self.inflight = keys.inflight(self.key)
         self.conn = None
+        self.candidates = Candidates(self)
 
     def __enter__(self):
         return self
@@ -136,7 +96,7 @@ class CounterRepair:
             self.conn.close()
         return False
 
-    def _counts(self, member_ids) -> dict:
+    def counts(self, member_ids) -> dict:
         """Re-count ids in the database, on a connection opened the first time it is needed."""
         if self.conn is None:
             self.conn = self.run.source.connect()
@@ -156,22 +116,22 @@ class CounterRepair:
             self._compare(chunk)
             self.result.scanned += len(chunk)
             self.run.on_progress(self.key, len(chunk))
-            self._settle(force=False)
+            self.candidates.settle(force=False)
         self._sweep()
-        self._settle(force=True)
+        self.candidates.settle(force=True)
 
     def _compare(self, chunk):
         members = [str(m) for m, _ in chunk]
-        pending, scores, touched = self._look(members)
+        pending, scores, touched = self.candidates.look(members)
         self.at("stream_batch", members=members)
         stable = []
         for (member_id, count), member, busy, score, moved in zip(chunk, members, pending, scores, touched):
             self.seen.add(int(member_id))
             if busy or moved:
-                self._queue(member, int(member_id), fresh=False)
-            elif not _same(score, _count(count)):
-                stable.append((_Candidate(member, int(member_id), 0.0), score, _count(count)))
-        self._write(stable)
+                self.candidates.queue(member, int(member_id), fresh=False)
+            elif not same(score, count := int(count)):
+                stable.append((Candidate(member, int(member_id), 0.0), score, count))
+        self.candidates.write(stable)
 
     def _sweep(self):
         """Remove what Redis holds that the stream did not count: junk, and quiet strays."""
@@ -186,7 +146,7 @@ class CounterRepair:
                 self._strays(strays[start : start + self.run.batch_size])
             if junk:
                 self._remove_junk(junk)
-            self._settle(force=False)
+            self.candidates.settle(force=False)
             if cursor == 0:
                 return
 
@@ -195,20 +155,20 @@ class CounterRepair:
 
     def _strays(self, members):
         self.result.scanned += len(members)
-        pending, scores, touched = self._look(members)
+        pending, scores, touched = self.candidates.look(members)
         stable = []
         for member, busy, score, moved in zip(members, pending, scores, touched):
             if busy or moved:
-                self._queue(member, parse_member(member), fresh=False)
+                self.candidates.queue(member, parse_member(member), fresh=False)
             elif score is not None:  # quiet since before the snapshot, which did not count it
-                stable.append((_Candidate(member, parse_member(member), 0.0), score, None))
-        self._write(stable)
+                stable.append((Candidate(member, parse_member(member), 0.0), score, None))
+        self.candidates.write(stable)
 
     def _remove_junk(self, junk):
         self.result.scanned += len(junk)
         self.result.wrong += len(junk)
         for member, score in junk:
-            self._example(member, score, 0)
+            self.example(member, score, 0)
         if not self.dry_run:
             removed = _REMOVE(self.redis, [self.key, keys.runs(self.key)], [self.lease, *[m for m, _ in junk]])
             if removed == -1:
@@ -224,128 +184,11 @@ class CounterRepair:
             self.result.scanned += len(chunk)
             self.result.wrong += len(chunk)
             for member_id, count in chunk:
-                self._example(member_id, f"<{kind} key>", count)
+                self.example(member_id, f"<{kind} key>", count)
 
     # -- candidates ---------------------------------------------------------------------
 
-    def _look(self, members):
-        """Read announcements, scores and tracking of ``members`` at one instant (MULTI)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(self.inflight, members)
-        pipe.zmscore(self.key, members)
-        pipe.smismember(self.track, members)
-        return pipe.execute()
-
-    def _queue(self, member, member_id, fresh=True):
-        """Make a member a candidate: due now (``fresh``) or after the settle delay."""
-        due = 0.0 if fresh else time.monotonic() + self.run.settle
-        self.pending.append(_Candidate(member, member_id, due))
-
-    def _settle(self, force: bool):
-        """Look at due candidates again, a full batch at a time (every re-count of a counter
-        without an index on its member column is a table scan), all of them with ``force``."""
-        while self.pending:
-            if not force and len(self.pending) < self.run.batch_size:
-                return
-            wait = self.pending[0].due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            ready = []
-            now = time.monotonic()
-            while self.pending and len(ready) < self.run.batch_size and self.pending[0].due <= now:
-                ready.append(self.pending.popleft())
-            if ready:
-                self.run.beat()
-                self._recheck(ready)
-
-    def _recheck(self, ready):
-        members = [c.member for c in ready]
-        pipe = self.redis.pipeline(transaction=True)  # observe: reset tracking, read, at one instant
-        pipe.srem(self.track, *members)
-        if not self.dry_run:
-            pipe.srem(self.late, *members)
-        pipe.hmget(self.inflight, members)
-        pipe.zmscore(self.key, members)
-        pending, scores = pipe.execute()[-2:]
-        self.at("observe", members=members)
-        quiet = []
-        for cand, busy, score in zip(ready, pending, scores):
-            if busy:
-                self._retry(cand)  # its increment is on its way: look again later
-            else:
-                quiet.append((cand, score))
-        if not quiet:
-            return
-        counts = self._counts([c.member_id for c, _ in quiet])
-        self.at("recount", members=[c.member for c, _ in quiet])
-        stable, equal = [], []
-        for cand, score in quiet:
-            count = _count(counts.get(cand.member_id))
-            (equal if _same(score, count) else stable).append((cand, score, count))
-        self._confirm(equal, report=False)
-        self._write(stable)
-
-    def _confirm(self, items, report: bool):
-        """Keep the items still quiet and unchanged since they were observed; retry the rest.
-        With ``report``, each one kept is drift that a check reports."""
-        if not items:
-            return
-        members = [cand.member for cand, _, _ in items]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.smismember(self.track, members)
-        pipe.hmget(self.inflight, members)
-        pipe.zmscore(self.key, members)
-        touched, pending, scores = pipe.execute()
-        for (cand, score, count), moved, busy, now in zip(items, touched, pending, scores):
-            if moved or busy or not _same(now, score):
-                self._retry(cand)
-            elif report:
-                self.result.wrong += 1
-                self._example(cand.member, score, count or 0)
-
-    def _write(self, items):
-        """Compare-and-set each ``(candidate, score read, count)``: the count is written only
-        if the member is still quiet, its lease live and its score the one read."""
-        if not items:
-            return
-        if self.dry_run:
-            self._confirm(items, report=True)
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
-        for cand, score, count in items:
-            _CAS(pipe, counter_keys, [self.lease, cand.member, "" if score is None else repr(score),
-                                      "" if count is None else str(count)])
-        answers = pipe.execute()
-        self.at("write", members=[cand.member for cand, _, _ in items])
-        for (cand, score, count), answer in zip(items, answers):
-            if answer == -1:
-                raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
-            if answer == -2:
-                raise PreviousWriters(previous_writers(self.key))
-            if answer == 0:
-                self._retry(cand)
-                continue
-            self.result.wrong += 1
-            self._example(cand.member, score, count or 0)
-            if count is None:
-                self.result.removed += 1
-            elif score is None:
-                self.result.added += 1
-            else:
-                self.result.changed += 1
-
-    def _retry(self, cand):
-        cand.attempts += 1
-        if cand.attempts < self.run.attempts:
-            cand.due = time.monotonic() + self.run.settle
-            self.pending.append(cand)
-        elif self.final:
-            self.result.skip(cand.member)
-        else:
-            self.unresolved.append(cand.member)  # one more round in the final pass
-
-    def _example(self, member, score, right):
+    def example(self, member, score, right):
         if len(self.result.examples) < self.run.max_examples:
             self.result.examples.append(Drift(self.key, str(member), score, int(right)))
 
@@ -373,11 +216,11 @@ class CounterRepair:
                 if kind == "zset":
                     for (member, count), score in zip(mapping.items(), self.redis.zmscore(self.key, list(mapping))):
                         present += score is not None
-                        if not _same(score, count):
+                        if not same(score, count):
                             result.wrong += 1
                             result.added += score is None
                             result.changed += score is not None
-                            self._example(member, score, count)
+                            self.example(member, score, count)
                 else:
                     result.wrong += len(mapping)
                     result.added += len(mapping)
@@ -411,36 +254,44 @@ class CounterRepair:
         while _REAP_INFLIGHT(self.redis, [self.inflight, keys.inflight_ops(self.key)], [limit]) >= limit:
             self.run.beat()
 
-    def finish(self):
+    def catch_up(self):
         """Recheck what traffic touched, then give back the lease once no id waits as late."""
         self.at("final_pass")
-        self.final = True
-        self._queue_set(self.track, self.redis.sscan, shard_only=not self.all_shards)
-        for member in self.unresolved:
-            self._queue(member, parse_member(member))
-        self.unresolved = []
+        self.candidates.final = True
+        # An id may be unresolved, announced and touched at once: check it once. The ids
+        # kept aside are few (skips and increments in flight); the touched ones are not.
+        queued = set(self.candidates.unresolved)
+        for member in self.candidates.unresolved:
+            self.candidates.queue(member, parse_member(member))
+        self.candidates.unresolved = []
         # Ids with an increment on its way: one committed before the snapshot hides drift
         # until it lands (and after a rebuild it would land on top of a count that has it).
-        self._queue_set(self.inflight, self.redis.hscan, shard_only=not self.all_shards)
-        self._settle(force=True)
+        self._queue_set(self.inflight, self.redis.hscan, shard_only=not self.all_shards, once=queued)
+        self._queue_set(self.track, self.redis.sscan, shard_only=not self.all_shards, once=queued, remember=False)
+        self.candidates.settle(force=True)
         for _ in range(LATE_ROUNDS):
             if not self.dry_run:
-                self._queue_set(self.late, self.redis.sscan, shard_only=False)
-                self._settle(force=True)
+                self._queue_set(self.late, self.redis.sscan, shard_only=False, once=set())
+                self.candidates.settle(force=True)
             if self.run.leases.release(self.counter):
                 self.at("release")
                 return
         raise StatsError(f"ids of {self.key} kept arriving with unannounced increments; run the fix again")
 
-    def _queue_set(self, name, scan, shard_only: bool):
+    def _queue_set(self, name, scan, shard_only: bool, once: set, remember: bool = True):
+        """Make the ids of a set (or hash) candidates, but not those in ``once`` (to which
+        they are added, with ``remember``)."""
         cursor = 0
         while True:
             self.run.beat()
             cursor, items = scan(name, cursor, count=self.run.batch_size)
             for member in items:
                 member_id = parse_member(member)
-                if member_id is not None and (not shard_only or owned_by(self.run.shard, member_id)):
-                    self._queue(member, member_id)
-            self._settle(force=False)
+                if member_id is None or member in once or (shard_only and not owned_by(self.run.shard, member_id)):
+                    continue
+                if remember:
+                    once.add(member)
+                self.candidates.queue(member, member_id)
+            self.candidates.settle(force=False)
             if cursor == 0:
                 return

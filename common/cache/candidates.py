@@ -1,0 +1,193 @@
+"""A repair's second look at ids that were not quiet (README, "How the repair works").
+
+An id is *quiet* for a run when no increment of it is announced and none touched it
+since the run last looked. A candidate waits ``settle`` seconds (so the increments on
+their way can land), then is observed in Redis in one MULTI (which resets its tracking),
+re-counted in the database, and written with a compare-and-set script (or, when Redis
+already agrees, confirmed) only if it is still quiet and unchanged. One that never is
+gets ``attempts`` tries, one more round in the final pass, then is reported as skipped.
+Candidates are re-read a full batch at a time: every re-count of a counter without an
+index on its member column is a table scan.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from common.cache import keys
+from common.cache.lease import FENCE, previous_writers
+from common.cache.script import NOW, Lua
+from common.exceptions import LockLost, PreviousWriters
+
+# KEYS: counter, runs, track, inflight, canary. ARGV: lease, id, expected score ('' absent),
+# new count ('' remove). 1 written, 0 not quiet or changed, -1 lease lost, -2 old writers.
+_CAS = Lua(NOW + FENCE + """
+if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
+if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 0 end
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if ARGV[3] == '' then
+  if cur then return 0 end
+elseif (not cur) or tonumber(cur) ~= tonumber(ARGV[3]) then return 0 end
+if ARGV[4] == '' then redis.call('ZREM', KEYS[1], ARGV[2]) else redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2]) end
+return 1
+""")
+
+@dataclass
+class Candidate:
+    """An id to look at again once ``due`` (monotonic seconds)."""
+
+    member: str
+    member_id: int
+    due: float
+    attempts: int = 0
+
+
+def _count(value):
+    """Normalise a database count: 0 means the member is absent."""
+    return int(value) if value else None
+
+
+def same(score, count) -> bool:
+    """Tell whether a score (None: absent) says what a count (None: zero) says."""
+    if score is None or count is None:
+        return score is None and count is None
+    return score == count
+
+
+class Candidates:
+    """The ids of one counter's repair waiting for their second look."""
+
+    def __init__(self, repair):
+        self.repair = repair
+        self.run = repair.run
+        self.redis = repair.redis
+        self.key = repair.key
+        self.result = repair.result
+        self.lease = repair.lease
+        self.dry_run = repair.dry_run
+        self.track = keys.track(self.key, self.run.token)
+        self.late = keys.late(self.key, self.run.token)
+        self.inflight = keys.inflight(self.key)
+        self.pending: deque = deque()
+        self.unresolved: list = []
+        self.final = False
+
+    def look(self, members):
+        """Read announcements, scores and tracking of ``members`` at one instant (MULTI)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hmget(self.inflight, members)
+        pipe.zmscore(self.key, members)
+        pipe.smismember(self.track, members)
+        return pipe.execute()
+
+    def queue(self, member, member_id, fresh=True):
+        """Make a member a candidate: due now (``fresh``) or after the settle delay."""
+        due = 0.0 if fresh else time.monotonic() + self.run.settle
+        self.pending.append(Candidate(member, member_id, due))
+
+    def settle(self, force: bool):
+        """Look at due candidates again, a full batch at a time (every re-count of a counter
+        without an index on its member column is a table scan), all of them with ``force``."""
+        while self.pending:
+            if not force and len(self.pending) < self.run.batch_size:
+                return
+            wait = self.pending[0].due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            ready = []
+            now = time.monotonic()
+            while self.pending and len(ready) < self.run.batch_size and self.pending[0].due <= now:
+                ready.append(self.pending.popleft())
+            if ready:
+                self.run.beat()
+                self.recheck(ready)
+
+    def recheck(self, ready):
+        members = [c.member for c in ready]
+        pipe = self.redis.pipeline(transaction=True)  # observe: reset tracking, read, at one instant
+        pipe.srem(self.track, *members)
+        if not self.dry_run:
+            pipe.srem(self.late, *members)
+        pipe.hmget(self.inflight, members)
+        pipe.zmscore(self.key, members)
+        pending, scores = pipe.execute()[-2:]
+        self.repair.at("observe", members=members)
+        quiet = []
+        for cand, busy, score in zip(ready, pending, scores):
+            if busy:
+                self.retry(cand)  # its increment is on its way: look again later
+            else:
+                quiet.append((cand, score))
+        if not quiet:
+            return
+        counts = self.repair.counts([c.member_id for c, _ in quiet])
+        self.repair.at("recount", members=[c.member for c, _ in quiet])
+        stable, equal = [], []
+        for cand, score in quiet:
+            count = _count(counts.get(cand.member_id))
+            (equal if same(score, count) else stable).append((cand, score, count))
+        self.confirm(equal, report=False)
+        self.write(stable)
+
+    def confirm(self, items, report: bool):
+        """Keep the items still quiet and unchanged since they were observed; retry the rest.
+        With ``report``, each one kept is drift that a check reports."""
+        if not items:
+            return
+        members = [cand.member for cand, _, _ in items]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.smismember(self.track, members)
+        pipe.hmget(self.inflight, members)
+        pipe.zmscore(self.key, members)
+        touched, pending, scores = pipe.execute()
+        for (cand, score, count), moved, busy, now in zip(items, touched, pending, scores):
+            if moved or busy or not same(now, score):
+                self.retry(cand)
+            elif report:
+                self.result.wrong += 1
+                self.repair.example(cand.member, score, count or 0)
+
+    def write(self, items):
+        """Compare-and-set each ``(candidate, score read, count)``: the count is written only
+        if the member is still quiet, its lease live and its score the one read."""
+        if not items:
+            return
+        if self.dry_run:
+            self.confirm(items, report=True)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
+        for cand, score, count in items:
+            _CAS(pipe, counter_keys, [self.lease, cand.member, "" if score is None else repr(score),
+                                      "" if count is None else str(count)])
+        answers = pipe.execute()
+        self.repair.at("write", members=[cand.member for cand, _, _ in items])
+        for (cand, score, count), answer in zip(items, answers):
+            if answer == -1:
+                raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
+            if answer == -2:
+                raise PreviousWriters(previous_writers(self.key))
+            if answer == 0:
+                self.retry(cand)
+                continue
+            self.result.wrong += 1
+            self.repair.example(cand.member, score, count or 0)
+            if count is None:
+                self.result.removed += 1
+            elif score is None:
+                self.result.added += 1
+            else:
+                self.result.changed += 1
+
+    def retry(self, cand):
+        cand.attempts += 1
+        if cand.attempts < self.run.attempts:
+            cand.due = time.monotonic() + self.run.settle
+            self.pending.append(cand)
+        elif self.final:
+            self.result.skip(cand.member)
+        else:
+            self.unresolved.append(cand.member)  # one more round in the final pass
+
