@@ -47,10 +47,7 @@ DELETED = [(0, 85), (1, 15)]
 LIKE_DELETED = [(0, 90), (1, 10)]
 REPLY_SHARE = 1 / 3
 
-WORDS = (
-    "the news of the day market city team match rain season school film music new old first last big small "
-    "report review update story photo video interview analysis opinion sport travel food health science"
-).split()
+WORDS = ["the", "news", "of", "the", "day", "market", "city", "team", "match", "rain", "season", "school", "film", "music", "new", "old", "first", "last", "big", "small", "report", "review", "update", "story", "photo", "video", "interview", "analysis", "opinion", "sport", "travel", "food", "health", "science"]
 
 
 def server_args(args) -> dict:

@@ -22,6 +22,7 @@ commands sent and the writes. Writes ``bench/RESULTS.md`` and ``bench/data/resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -121,10 +122,8 @@ class PrivateRedis:
         raise RuntimeError(f"redis-server on port {self.port} did not start; see {self.dir}/redis.log")
 
     def __exit__(self, *exc):
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client().shutdown(nosave=True)
-        except redis.RedisError:
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -215,7 +214,7 @@ def redis_diff(before: dict, after: dict, writes: set) -> dict:
     calls = {}
     for name, count in after.items():
         delta = count - before.get(name, 0)
-        if delta and not name.split("|")[0] in NOT_COUNTED:
+        if delta and name.split("|")[0] not in NOT_COUNTED:
             calls[name] = delta
     return {
         "commands": sum(calls.values()),

@@ -3,6 +3,7 @@
 Each binds a free port, lives in the test's tmp dir and is stopped by the test. A
 missing binary fails the test (CI installs them in .ci/run): nothing is skipped.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -149,7 +150,7 @@ class Pushgateway:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self):
-        self.log = open(os.path.join(self.dir, "pushgateway.log"), "w")
+        self.log = open(os.path.join(self.dir, "pushgateway.log"), "w")  # noqa: SIM115 (kept open: closed in stop())
         self.proc = subprocess.Popen(
             [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{self.port}", "--persistence.file="],
             stdout=self.log,
@@ -232,20 +233,16 @@ class TcpProxy:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self):
         self.cut_.set()
         self.listener.close()
         with self.lock:
             for sock in self.sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
 

@@ -259,7 +259,34 @@ def test_cronjob_runs_the_fix_nightly_once_at_a_time(directory):
     assert 0 < spec["startingDeadlineSeconds"] <= 6 * 3600
     assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
     container = only_container(cronjob)
-    assert container["command"] + container["args"] == ["flask", "stats", "fix"]
+    assert container["command"] + container["args"][:2] == ["flask", "stats", "fix"]
+
+
+def wait_of(args) -> float:
+    return float(args[args.index("--wait") + 1])
+
+
+def settings_of(objects) -> dict:
+    return only(objects, "ConfigMap")["data"]
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_every_stats_job_waits_out_a_dead_pods_leases(directory):
+    objects = render(directory)
+    jobs = [o for o in objects if o["kind"] in ("CronJob", "Job")]
+    assert jobs
+    for job in jobs:
+        args = only_container(job)["args"]
+        assert wait_of(args) > float(settings_of(objects)["STATS_LOCK_TTL"]), args
+
+
+@pytest.mark.parametrize("directory", ["base", *OVERLAYS])
+def test_announcements_outlive_every_web_request(directory):
+    objects = render(directory)
+    settings = settings_of(objects)
+    web = only_container(only(objects, "Deployment"))
+    timeout = next((float(a.split("=")[1]) for a in web["args"] if a.startswith("--timeout=")), 30.0)  # gunicorn's default
+    assert float(settings["STATS_INFLIGHT_TTL"]) > 2 * timeout
 
 
 def readme_patch(kind, field):
@@ -322,7 +349,7 @@ def test_rebuild_backfill_is_a_one_off_job():
     job = only(render("backfill/rebuild"), "Job", "stats-rebuild")
     assert "completionMode" not in job["spec"] and job["spec"].get("completions", 1) == 1
     container = only_container(job)
-    assert container["command"] + container["args"] == ["flask", "stats", "fix", "--rebuild"]
+    assert container["command"] + container["args"] == ["flask", "stats", "fix", "--rebuild", "--wait", "180"]
 
 
 def test_indexed_backfill_runs_one_shard_per_index():
@@ -331,7 +358,7 @@ def test_indexed_backfill_runs_one_shard_per_index():
     assert spec["completionMode"] == "Indexed"
     assert 1 <= spec["parallelism"] <= spec["completions"]
     argv = container_argv(only_container(job), {"JOB_COMPLETION_INDEX": "I"})
-    assert argv == ["flask", "stats", "fix", "--shard", f"I/{spec['completions']}"]
+    assert argv == ["flask", "stats", "fix", "--shard", f"I/{spec['completions']}", "--wait", "180"]
 
 
 # -- the manifests run what they say -----------------------------------------------------------

@@ -16,10 +16,10 @@ from apscheduler.executors.debug import DebugExecutor
 from apscheduler.triggers.cron import CronTrigger
 
 from common.cache.statistic import COUNTERS
-from tests.races import live_runs, plant_run
 from common.demo import drift_counters, seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.expected import KEYS, actual, expected, wrong_members
+from tests.races import live_runs, plant_run
 from tests.servers import ROOT, Pushgateway, flask_cmd, flask_env, wait_until
 from toutiao import create_app
 from toutiao.cli.scheduler import JOB_ID, build_scheduler, run_fix

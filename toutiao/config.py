@@ -69,7 +69,7 @@ def number(config, name):
             raise ValueError
     except (TypeError, ValueError):
         unit = "a whole number" if kind is int else "a number of seconds"
-        raise SettingError(f"{name} must be {unit} from {least} to {most}, got {raw!r}")
+        raise SettingError(f"{name} must be {unit} from {least} to {most}, got {raw!r}") from None
     return value
 
 

@@ -153,4 +153,4 @@ def _make_instance_folder(path, setting):
         raise SettingError(
             f"{setting} is not set (an empty value counts as unset) and the embedded default cannot be "
             f"created in {path} ({exc.strerror}); set {setting}"
-        )
+        ) from None

@@ -22,9 +22,9 @@ def check_url(url) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise SettingError(f"PUSHGATEWAY_URL must be an http(s) URL such as http://pushgateway:9091, got {url!r}")
     try:
-        parsed.port
+        _ = parsed.port  # raises ValueError when the port is not a number in range
     except ValueError:
-        raise SettingError(f"PUSHGATEWAY_URL has a bad port, got {url!r}")
+        raise SettingError(f"PUSHGATEWAY_URL has a bad port, got {url!r}") from None
     return url
 
 

@@ -135,17 +135,17 @@ class RepairEngine:
                             results[key] = future.result()
                         except (Interrupted, LockLost):
                             continue  # the first cause is raised below
-            if self._cause is not None:
-                raise self._cause
         except (Interrupted, LockLost) as exc:
             self._stop.set()
-            cause = self._cause or exc
-            report.interrupted = str(cause)
-            raise cause
+            if self._cause is None:
+                self._cause = exc
         finally:
             self.leases.close()
             report.results = [results[c.key] for c in counters if c.key in results]
             report.seconds = time.monotonic() - started
+        if self._cause is not None:  # the first stop, not another counter's echo of it
+            report.interrupted = str(self._cause)
+            raise self._cause
         return report
 
     def _longest_first(self, counters) -> list:

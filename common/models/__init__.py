@@ -19,7 +19,6 @@ class Base(DeclarativeBase):
     """Declarative base of every toutiao model."""
 
 
-from common.models.user import Relation, User  # noqa: E402
 from common.models.news import (  # noqa: E402
     Article,
     Attitude,
@@ -27,6 +26,7 @@ from common.models.news import (  # noqa: E402
     Comment,
     CommentLiking,
 )
+from common.models.user import Relation, User  # noqa: E402
 
 __all__ = [
     "ID",

@@ -14,20 +14,20 @@ def connect_database(require_tables=False):
     try:
         engine = database.engine
     except SettingError as exc:
-        raise ConfigError(str(exc))
+        raise ConfigError(str(exc)) from None
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(
             f"DATABASE_URL is malformed ({_first_line(exc)}); "
             "expected e.g. mysql+pymysql://user:pass@host:3306/toutiao"
-        )
+        ) from None
     except ImportError as exc:
-        raise ConfigError(f"DATABASE_URL names a driver that is not installed ({exc.name}); use mysql+pymysql://")
+        raise ConfigError(f"DATABASE_URL names a driver that is not installed ({exc.name}); use mysql+pymysql://") from None
     url = mask_url(engine.url.render_as_string(hide_password=True))
     try:
         with engine.connect() as conn:
             missing = [t for t in Base.metadata.tables if not inspect(conn).has_table(t)] if require_tables else []
     except SQLAlchemyError as exc:
-        raise RuntimeFailure(f"cannot reach the database at {url}: {_first_line(exc)}")
+        raise RuntimeFailure(f"cannot reach the database at {url}: {_first_line(exc)}") from None
     if missing:
         raise ConfigError(
             f"the database at {url} has no table {missing[0]}; "
@@ -42,15 +42,15 @@ def connect_redis():
     try:
         client = redis_client.client
     except SettingError as exc:
-        raise ConfigError(str(exc))
+        raise ConfigError(str(exc)) from None
     except ValueError as exc:
-        raise ConfigError(f"REDIS_URL is malformed ({_first_line(exc)}); expected e.g. redis://host:6379/0")
+        raise ConfigError(f"REDIS_URL is malformed ({_first_line(exc)}); expected e.g. redis://host:6379/0") from None
     except (RedisError, OSError) as exc:
-        raise RuntimeFailure(f"cannot start {shown}: {_first_line(exc)}")
+        raise RuntimeFailure(f"cannot start {shown}: {_first_line(exc)}") from None
     try:
         client.ping()
     except RedisError as exc:
-        raise RuntimeFailure(f"cannot reach Redis at {shown}: {_first_line(exc)}")
+        raise RuntimeFailure(f"cannot reach Redis at {shown}: {_first_line(exc)}") from None
     return client
 
 

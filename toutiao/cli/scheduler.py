@@ -13,9 +13,11 @@ from datetime import datetime, timezone
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
-from toutiao.cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ConfigError
-from toutiao.cli.stats import fix, stats_cli
+from toutiao.cli import signals
+from toutiao.cli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, exit_status, settings_checked
+from toutiao.cli.stats import fix
 from toutiao.config import SettingError
 from toutiao.logs import fields, resolve_format
 
@@ -28,23 +30,21 @@ class _Stop(BaseException):
     """SIGTERM or SIGINT while the scheduler waits; BaseException so no handler swallows it."""
 
 
-@stats_cli.command("scheduler")
+@click.command("scheduler")
+@with_appcontext
 def scheduler_command():
     """Run the fix on STATS_SCHEDULE in STATS_TIMEZONE (daily at 03:00 UTC by default) until stopped."""
     app = current_app._get_current_object()
-    try:
+    with settings_checked():
         resolve_format(app.config.get("LOG_FORMAT"))
         if app.config.get("PUSHGATEWAY_URL"):
             from toutiao.metrics import check_url
 
             check_url(app.config["PUSHGATEWAY_URL"])
         scheduler = build_scheduler(app)
-    except SettingError as exc:
-        raise ConfigError(str(exc))
 
     job = scheduler.get_job(JOB_ID)
     next_run = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info(
         "scheduler started",
         extra=fields(
@@ -55,15 +55,14 @@ def scheduler_command():
         ),
     )
     reason = "shut down"
-    try:
-        scheduler.start()
-    except _Stop as exc:
-        reason = str(exc)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
+    with signals.handling(_raise_stop):
+        try:
+            scheduler.start()
+        except _Stop as exc:
+            reason = str(exc)
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
     log.info("scheduler stopped", extra=fields(event="scheduler", reason=reason))
 
 
@@ -125,13 +124,12 @@ def run_fix(app, scheduler=None) -> int:
     with app.app_context():
         try:
             status = fix.main(args=[], prog_name="flask stats fix", standalone_mode=False) or EXIT_OK
-        except click.ClickException as exc:
-            status = exc.exit_code
+        except Exception as exc:  # every ending becomes a status; the fix logged its own summary
+            status = exit_status(exc)[0]
+            if not isinstance(exc, click.ClickException):
+                log.exception("the scheduled fix crashed", extra=fields(event="scheduler"))
         except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
-        except Exception:
-            log.exception("the scheduled fix crashed", extra=fields(event="scheduler"))
-            status = EXIT_FAILURE
+            status = exit_status(exc)[0]
     if status in (EXIT_SIGINT, EXIT_SIGTERM) and scheduler is not None and scheduler.running:
         scheduler.shutdown(wait=False)
     return status
@@ -155,7 +153,7 @@ def _timezone(name):
     try:
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError):
-        raise SettingError(f"STATS_TIMEZONE must be an IANA time zone such as Asia/Shanghai or UTC, got {name!r}")
+        raise SettingError(f"STATS_TIMEZONE must be an IANA time zone such as Asia/Shanghai or UTC, got {name!r}") from None
 
 
 def _trigger(expression, zone):
@@ -174,4 +172,4 @@ def _trigger(expression, zone):
         raise SettingError(
             f"STATS_SCHEDULE must be a crontab line (minute hour day month weekday) such as '0 3 * * *', "
             f"got {expression!r} ({exc})"
-        )
+        ) from None

@@ -1,19 +1,16 @@
 """``flask stats``: list, check and fix the statistic counters against the database.
 
 Exit codes: 0 success (``check``: no drift), 1 runtime failure, 2 bad usage or
-configuration, 3 ``check`` found drift, 75 another run holds the lock, 130/143 stopped by
+configuration, 3 ``check`` found drift, 75 another run holds a lease, 130/143 stopped by
 SIGINT/SIGTERM.
 """
 import json
 import logging
 import signal
-import threading
-from contextlib import contextmanager
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
-
 from redis.exceptions import RedisError
 
 from common.cache.engine import RepairEngine
@@ -21,11 +18,13 @@ from common.cache.members import Shard
 from common.cache.report import Report
 from common.cache.statistic import COUNTERS, select_counters
 from common.exceptions import Interrupted, LockHeld, LockLost, UnknownCounter
+from toutiao.cli import signals
 from toutiao.cli.connect import connect_database, connect_redis, redis_failure
-from toutiao.cli.errors import EXIT_DRIFT, ConfigError, LockBusy, RuntimeFailure, Stopped
-from toutiao.config import SettingError, number
-from toutiao.cli.outcome import observed_run, record_counter
+from toutiao.cli.errors import EXIT_DRIFT, LockBusy, RuntimeFailure, Stopped, settings_checked
+from toutiao.cli.outcome import observed_run
 from toutiao.cli.progress import Progress
+from toutiao.cli.table import table
+from toutiao.config import number
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +84,8 @@ def list_counters(as_json):
     if as_json:
         click.echo(json.dumps([{"key": c.key, "counts": c.describe()} for c in COUNTERS], indent=2))
         return
-    width = max(len(c.key) for c in COUNTERS)
-    for counter in COUNTERS:
-        click.echo(f"{counter.key:<{width}}  {counter.describe()}")
+    for line in table(["key", "counts"], [(c.key, c.describe()) for c in COUNTERS])[1:]:
+        click.echo(line)
 
 
 @stats_cli.command("check")
@@ -95,8 +93,8 @@ def list_counters(as_json):
 @click.option("--examples", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Wrong members to show.")
 def check(only, batch_size, jobs, shard, as_json, examples):
     """Compare every counter with the database and change nothing; exit 3 on drift."""
-    with observed_run("check", shard=shard):
-        report = _run(only, batch_size, jobs, shard, dry_run=True, examples=examples, show_progress=not as_json)
+    with observed_run("check", shard=shard) as run:
+        report = _run(run, only, batch_size, jobs, shard, dry_run=True, examples=examples, show_progress=not as_json)
         _render(report, as_json, examples)
         _fail_if_broken(report)
         if report.drift:
@@ -116,118 +114,91 @@ def check(only, batch_size, jobs, shard, as_json, examples):
 )
 def fix(only, batch_size, jobs, shard, as_json, rebuild, wait):
     """Make every counter in Redis equal to what the database says."""
-    with observed_run("fix", shard=shard, push=True):
+    with observed_run("fix", shard=shard, push=True) as run:
         if rebuild and shard is not None:
             raise click.UsageError("--rebuild replaces whole keys and cannot be combined with --shard")
-        report = _run(only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, wait=wait,
+        report = _run(run, only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, wait=wait,
                       show_progress=not as_json)
         _render(report, as_json, examples=0)
         _fail_if_broken(report)
 
 
-def _run(only, batch_size, jobs, shard, *, dry_run, rebuild=False, wait=0.0, examples=10, show_progress=False):
+def _run(run, only, batch_size, jobs, shard, *, dry_run, rebuild=False, wait=0.0, examples=10, show_progress=False):
+    """Repair (or check) the counters named by ``only``; ``run`` records each one's result."""
     try:
         counters = select_counters(only)
     except UnknownCounter as exc:
-        raise click.BadParameter(f"{exc}", param_hint="'--only'")
-    try:
-        batch_size = batch_size or number(current_app.config, "STATS_BATCH_SIZE")
-        jobs = jobs or number(current_app.config, "STATS_JOBS")
-        settle = number(current_app.config, "STATS_SETTLE_SECONDS")
-        lease_ttl = number(current_app.config, "STATS_LOCK_TTL")
-        number(current_app.config, "STATS_INFLIGHT_TTL")  # the web app's; refused here too, before it harms
-    except SettingError as exc:
-        raise ConfigError(str(exc))
+        raise click.BadParameter(f"{exc}", param_hint="'--only'") from None
+    config = current_app.config
+    with settings_checked():
+        batch_size = batch_size or number(config, "STATS_BATCH_SIZE")
+        jobs = jobs or number(config, "STATS_JOBS")
+        settle = number(config, "STATS_SETTLE_SECONDS")
+        lease_ttl = number(config, "STATS_LOCK_TTL")
+        number(config, "STATS_INFLIGHT_TTL")  # the web app's: refused here too, before it does harm
 
     engine = connect_database(require_tables=True)
     redis = connect_redis()
-
     progress = Progress.for_terminal(redis, enabled=show_progress)
+    stop = []
+
+    def on_signal(signum, frame):
+        stop.append(signal.Signals(signum).name)
+        log.warning("%s received; stopping after the current batch", stop[-1])
+
+    def heartbeat():
+        if stop:
+            raise Interrupted(stop[0])
 
     def on_result(result):
         progress.done(result.counter)
-        record_counter(result)
+        run.record(result)
 
-    with _stop_signals() as stop, progress:
-
-        def heartbeat():
-            if stop.signal_name:
-                raise Interrupted(stop.signal_name)
-
-        repair = RepairEngine(
-            redis,
-            engine,
-            batch_size=batch_size,
-            settle=settle,
-            dry_run=dry_run,
-            rebuild=rebuild,
-            shard=shard,
-            jobs=jobs,
-            max_examples=examples,
-            lease_ttl=lease_ttl,
-            wait=wait,
-            heartbeat=heartbeat,
-            on_result=on_result,
-            on_progress=progress.advance,
-            # Tests force interleavings at the engine's named checkpoints through this hook.
-            checkpoint=current_app.extensions.get("stats.checkpoint", lambda name, **context: None),
-        )
+    repair = RepairEngine(
+        redis,
+        engine,
+        batch_size=batch_size,
+        settle=settle,
+        dry_run=dry_run,
+        rebuild=rebuild,
+        shard=shard,
+        jobs=jobs,
+        max_examples=examples,
+        lease_ttl=lease_ttl,
+        wait=wait,
+        heartbeat=heartbeat,
+        on_result=on_result,
+        on_progress=progress.advance,
+        # Tests force interleavings at the engine's named checkpoints through this hook.
+        checkpoint=current_app.extensions.get("stats.checkpoint", lambda name, **context: None),
+    )
+    with signals.handling(on_signal), progress:
         try:
             return repair.run(counters)
         except Interrupted as exc:
-            raise Stopped(str(exc), exc.signal_name)
+            raise Stopped(str(exc), exc.signal_name) from None
         except LockHeld as exc:
-            raise LockBusy(f"{exc}; try again later, or pass --wait SECONDS")
+            raise LockBusy(f"{exc}; try again later, or pass --wait SECONDS") from None
         except LockLost as exc:
-            raise RuntimeFailure(str(exc))
+            raise RuntimeFailure(str(exc)) from None
         except (RedisError, OSError) as exc:
-            raise redis_failure(exc)
+            raise redis_failure(exc) from None
 
 
-class _StopFlag:
-    signal_name = ""
-
-
-@contextmanager
-def _stop_signals():
-    """Turn SIGTERM and SIGINT into a flag checked between batches."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handle(signum, frame):
-        flag.signal_name = signal.Signals(signum).name
-        log.warning("%s received; stopping after the current batch", flag.signal_name)
-
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+#: The report's columns; all but the first two are numbers, aligned right.
+_COLUMNS = ["counter", "mode", *Report.COLUMNS, "seconds"]
 
 
 def _render(report, as_json, examples):
     if as_json:
-        click.echo(json.dumps(report.as_dict(examples=examples), indent=2, default=str))
+        click.echo(json.dumps(report.as_dict(examples=examples), default=str))
         return
-    columns = Report.COLUMNS
-    width = max([len("counter")] + [len(r.counter) for r in report.results])
-    header = f"{'counter':<{width}}  {'mode':<9}" + "".join(f"{c:>9}" for c in columns) + f"{'seconds':>9}"
-    click.echo(header)
-    for r in report.results:
-        line = f"{r.counter:<{width}}  {r.mode:<9}" + "".join(f"{getattr(r, c):>9}" for c in columns)
-        line += f"{r.seconds:>9.3f}"
-        if r.error:
-            line += f"  FAILED: {r.error}"
-        elif r.note:
-            line += f"  ({r.note})"
-        click.echo(line)
+    rows = [[r.counter, r.mode, *(getattr(r, c) for c in Report.COLUMNS), f"{r.seconds:.3f}"] for r in report.results]
+    notes = [f"FAILED: {r.error}" if r.error else f"({r.note})" if r.note else "" for r in report.results]
     totals = report.totals
-    click.echo(
-        f"{'total':<{width}}  {'':<9}" + "".join(f"{totals[c]:>9}" for c in columns) + f"{totals['seconds']:>9.3f}"
-    )
+    rows.append(["total", "", *(totals[c] for c in Report.COLUMNS), f"{totals['seconds']:.3f}"])
+    for line in table(_COLUMNS, rows, right=frozenset(range(2, len(_COLUMNS))), notes=notes):
+        click.echo(line)
     shown = report.examples(examples)
     if shown:
         click.echo(f"\nexamples (first {len(shown)}):")
