@@ -31,7 +31,6 @@ import platform
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ import redis
 from bench import generate
 from bench.generate import DATA, DATABASE
 from common.cache.statistic import COUNTERS
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -83,12 +83,6 @@ def raise_priority(pid) -> bool:
         return True
     except (psutil.AccessDenied, PermissionError):
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateRedis:
@@ -229,7 +223,7 @@ def contender_env(redis_url, database_url) -> dict:
     return env
 
 
-def measured(argv, env, log_prefix, timeout) -> dict:
+def measured(argv, env, log_prefix, timeout, cwd=ROOT) -> dict:
     """Run a contender; return its exit code, wall seconds, peak RSS and parsed JSON stdout.
 
     A contender still running after ``timeout`` seconds gets SIGTERM (the fix stops after
@@ -249,7 +243,7 @@ def measured(argv, env, log_prefix, timeout) -> dict:
     timed_out = False
     with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(wrapped, cwd=ROOT, env=env, stdout=out, stderr=err)
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=out, stderr=err)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -283,14 +277,14 @@ def measured(argv, env, log_prefix, timeout) -> dict:
     }
 
 
-def run_contender(name, argv, server, env, log_prefix, timeout, writes) -> dict:
+def run_contender(name, argv, server, env, log_prefix, timeout, writes, cwd=ROOT) -> dict:
     client = server.client()
     client.execute_command("LATENCY", "RESET")
     client.slowlog_reset()
     before = command_counts(client)
     dirty_before = client.info("persistence")["rdb_changes_since_last_save"]
     with Pinger(server.port) as pinger:
-        result = measured(argv, env, log_prefix, timeout)
+        result = measured(argv, env, log_prefix, timeout, cwd)
     after = command_counts(client)
     dirty_after = client.info("persistence")["rdb_changes_since_last_save"]
     events = client.execute_command("LATENCY", "LATEST") or []
