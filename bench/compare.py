@@ -21,12 +21,12 @@ from pathlib import Path
 from bench import generate
 from bench.run import (
     DATA,
-    DATABASE,
     FLASK,
     ROOT,
     PrivateRedis,
     check,
     contender_env,
+    database_arguments,
     database_facts,
     drift,
     machine,
@@ -52,12 +52,7 @@ def main(argv=None):
     parser.add_argument("--before", required=True, help="the commit to compare with (e.g. d06078f)")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each contender per scenario [2]")
-    parser.add_argument("--database", default=DATABASE)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3306)
-    parser.add_argument("--user", default="root")
-    parser.add_argument("--password", default="")
-    parser.add_argument("--seed", type=int, default=2026, help="drift seed")
+    database_arguments(parser)
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--results", default=str(ROOT / "bench" / "BEFORE-AFTER.md"))
     args = parser.parse_args(argv)

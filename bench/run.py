@@ -577,18 +577,23 @@ def render(results: dict) -> str:
 # -- the run -----------------------------------------------------------------------------
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=1_000_000, help="scale [1000000]")
-    parser.add_argument("--jobs", type=int, default=1, help="--jobs passed to flask stats fix and check [1]")
-    parser.add_argument("--batch-size", type=int, default=None, help="--batch-size passed to flask stats fix")
-    parser.add_argument("--regenerate", action="store_true", help="generate the database even if it has this scale")
+def database_arguments(parser):
+    """Add the options naming the bench database and the drift seed."""
     parser.add_argument("--database", default=DATABASE)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3306)
     parser.add_argument("--user", default="root")
     parser.add_argument("--password", default="")
     parser.add_argument("--seed", type=int, default=2026, help="drift seed")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000, help="scale [1000000]")
+    parser.add_argument("--jobs", type=int, default=1, help="--jobs passed to flask stats fix and check [1]")
+    parser.add_argument("--batch-size", type=int, default=None, help="--batch-size passed to flask stats fix")
+    parser.add_argument("--regenerate", action="store_true", help="generate the database even if it has this scale")
+    database_arguments(parser)
     parser.add_argument(
         "--stale-ids",
         choices=("in-range", "high"),

@@ -11,6 +11,9 @@ import redis as redis_py
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from common.cache.engine import RepairEngine
+from common.cache.statistic import COUNTERS
+from common.demo import drift_counters, seed_database
 from common.models import Base
 from toutiao import create_app
 from toutiao.config import TestConfig
@@ -81,3 +84,12 @@ def runner(app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def drifted(engine, redis):
+    """A sample of 40 users whose counters were exact, then drifted every way the fix handles."""
+    seed_database(engine, users=40)
+    RepairEngine(redis, engine, settle=0.01).run(COUNTERS)
+    drift_counters(redis)
+    return engine

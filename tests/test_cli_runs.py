@@ -6,20 +6,12 @@ import threading
 import pytest
 
 from common.cache.statistic import COUNTERS
-from common.demo import drift_counters, seed_database
+from common.demo import seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.expected import wrong_members
 from tests.races import Checkpoints, expire_leases, plant_run
 from tests.servers import ROOT, RedisServer, flask_cmd, flask_env, free_port
 from toutiao import create_app
-
-
-@pytest.fixture
-def drifted(engine, redis, runner):
-    seed_database(engine, users=40)
-    assert runner.invoke(args=["stats", "fix"]).exit_code == 0
-    drift_counters(redis)
-    return engine
 
 
 def one_error_line(output) -> str:

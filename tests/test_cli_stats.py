@@ -18,14 +18,6 @@ from toutiao import create_app
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def seeded(engine, redis, runner):
-    seed_database(engine, users=50)
-    assert runner.invoke(args=["stats", "fix"]).exit_code == 0
-    drift_counters(redis)
-    return engine
-
-
 def snapshot(redis):
     return {key: (redis.type(key), actual(redis, key)) for key in KEYS}
 
@@ -59,17 +51,17 @@ def test_list_json_is_machine_readable(runner):
     assert [item["key"] for item in data] == KEYS
 
 
-def test_fix_repairs_everything_and_prints_a_line_per_counter_and_a_total(seeded, redis, runner):
+def test_fix_repairs_everything_and_prints_a_line_per_counter_and_a_total(drifted, redis, runner):
     result = runner.invoke(args=["stats", "fix"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split() == ["counter", "mode", "scanned", "wrong", "added", "changed", "removed", "skipped", "seconds"]
     assert [line.split()[0] for line in lines[1:12]] == KEYS
     assert lines[12].startswith("total")
-    assert wrong_members(seeded, redis) == {}
+    assert wrong_members(drifted, redis) == {}
 
 
-def test_check_exits_3_on_drift_shows_examples_and_writes_nothing(seeded, redis, runner):
+def test_check_exits_3_on_drift_shows_examples_and_writes_nothing(drifted, redis, runner):
     before = snapshot(redis)
     result = runner.invoke(args=["stats", "check", "--examples", "5"])
     assert result.exit_code == 3, result.output
@@ -78,13 +70,13 @@ def test_check_exits_3_on_drift_shows_examples_and_writes_nothing(seeded, redis,
     assert snapshot(redis) == before
 
 
-def test_check_exits_0_once_fixed(seeded, redis, runner):
+def test_check_exits_0_once_fixed(drifted, redis, runner):
     assert runner.invoke(args=["stats", "fix"]).exit_code == 0
     result = runner.invoke(args=["stats", "check"])
     assert result.exit_code == 0, result.output
 
 
-def test_fix_json_reports_counters_and_totals(seeded, runner):
+def test_fix_json_reports_counters_and_totals(drifted, runner):
     result = runner.invoke(args=["stats", "fix", "--json"])
     assert result.exit_code == 0
     data = json.loads(result.output)
@@ -93,22 +85,22 @@ def test_fix_json_reports_counters_and_totals(seeded, runner):
     assert data["failed"] == []
 
 
-def test_check_json_lists_examples_with_counter_id_wrong_and_right(seeded, runner):
+def test_check_json_lists_examples_with_counter_id_wrong_and_right(drifted, runner):
     result = runner.invoke(args=["stats", "check", "--json"])
     assert result.exit_code == 3
     example = json.loads(result.output)["counters"][0]["examples"][0]
     assert set(example) == {"counter", "id", "wrong", "right"}
 
 
-def test_only_repairs_just_the_named_counters(seeded, redis, runner):
+def test_only_repairs_just_the_named_counters(drifted, redis, runner):
     before = snapshot(redis)
     result = runner.invoke(args=["stats", "fix", "--only", "count:user:arts", "--only", "count:art:reply"])
     assert result.exit_code == 0, result.output
-    assert set(wrong_members(seeded, redis)) == set(KEYS) - {"count:user:arts", "count:art:reply"}
+    assert set(wrong_members(drifted, redis)) == set(KEYS) - {"count:user:arts", "count:art:reply"}
     assert snapshot(redis)["count:comm:liking"] == before["count:comm:liking"]
 
 
-def test_unknown_counter_exits_2_naming_it_and_writes_nothing(seeded, redis, runner):
+def test_unknown_counter_exits_2_naming_it_and_writes_nothing(drifted, redis, runner):
     before = snapshot(redis)
     result = runner.invoke(args=["stats", "fix", "--only", "count:user:nope"])
     assert_one_line_error(result, 2, "count:user:nope", "count:user:arts")
@@ -131,7 +123,7 @@ def test_rebuild_with_shard_is_a_usage_error(runner):
     "setting,value",
     [("STATS_BATCH_SIZE", "many"), ("STATS_BATCH_SIZE", "0"), ("STATS_SETTLE_SECONDS", "-1"), ("STATS_JOBS", "x")],
 )
-def test_bad_settings_exit_2_naming_the_setting(config, seeded, redis, setting, value):
+def test_bad_settings_exit_2_naming_the_setting(config, drifted, redis, setting, value):
     before = snapshot(redis)
     result = run_with(config, {setting: value}, ["stats", "fix"])
     assert_one_line_error(result, 2, setting)
@@ -172,7 +164,7 @@ def leases(redis) -> list:
     return sorted(redis.scan_iter("{count:*}:runs"))
 
 
-def test_a_second_run_exits_75_naming_the_lease_holder(seeded, redis, runner):
+def test_a_second_run_exits_75_naming_the_lease_holder(drifted, redis, runner):
     plant_run(redis, COUNTERS, holder="otherhost:4242", ttl_ms=60_000)
     before = snapshot(redis)
     result = runner.invoke(args=["stats", "fix"])
@@ -180,18 +172,18 @@ def test_a_second_run_exits_75_naming_the_lease_holder(seeded, redis, runner):
     assert snapshot(redis) == before
 
 
-def test_a_crashed_runs_expired_lease_is_taken_over(seeded, redis, runner):
+def test_a_crashed_runs_expired_lease_is_taken_over(drifted, redis, runner):
     plant_run(redis, COUNTERS, holder="crashed:1", ttl_ms=-1)
     assert runner.invoke(args=["stats", "fix"]).exit_code == 0
     assert leases(redis) == []
 
 
-def test_check_runs_beside_a_fix(seeded, redis, runner):
+def test_check_runs_beside_a_fix(drifted, redis, runner):
     plant_run(redis, COUNTERS, holder="otherhost:4242", ttl_ms=60_000)
     assert runner.invoke(args=["stats", "check"]).exit_code == 3
 
 
-def test_every_lease_is_given_back_after_a_run(seeded, redis, runner):
+def test_every_lease_is_given_back_after_a_run(drifted, redis, runner):
     assert runner.invoke(args=["stats", "fix"]).exit_code == 0
     assert list(redis.scan_iter("{count:*")) == []
 
@@ -254,7 +246,7 @@ def test_db_create_makes_the_tables_on_an_empty_database(config, tmp_path):
     assert "user_basic" in result.output and "news_comment_liking" in result.output
 
 
-def test_demo_seed_refuses_a_database_that_has_data(seeded, runner):
+def test_demo_seed_refuses_a_database_that_has_data(drifted, runner):
     result = runner.invoke(args=["demo", "seed"])
     assert_one_line_error(result, 2, "empty database")
 
@@ -264,7 +256,7 @@ def test_demo_seed_refuses_a_database_that_has_data(seeded, runner):
     ("a shard", "0/3", []),
     ("a shard of another split", "0/3", ["--shard", "1/2"]),
 ])
-def test_runs_over_the_same_members_refuse_each_other(seeded, redis, runner, running, scope, args):
+def test_runs_over_the_same_members_refuse_each_other(drifted, redis, runner, running, scope, args):
     plant_run(redis, COUNTERS, holder="nightly:7", ttl_ms=60_000, scope=scope)
     before = snapshot(redis)
     result = runner.invoke(args=["stats", "fix", *args])
@@ -273,11 +265,11 @@ def test_runs_over_the_same_members_refuse_each_other(seeded, redis, runner, run
     assert all(redis.zcard(key) == 1 for key in leases(redis))  # only the planted run's
 
 
-def test_runs_over_different_counters_go_together(seeded, redis, runner):
+def test_runs_over_different_counters_go_together(drifted, redis, runner):
     plant_run(redis, [c for c in COUNTERS if c.key != "count:user:arts"], holder="nightly:7", ttl_ms=60_000)
     result = runner.invoke(args=["stats", "fix", "--only", "count:user:arts"])
     assert result.exit_code == 0, result.output
-    assert wrong_members(seeded, redis, ["count:user:arts"]) == {}
+    assert wrong_members(drifted, redis, ["count:user:arts"]) == {}
 
 
 def test_unset_urls_with_an_unusable_instance_folder_exit_2(tmp_path):
@@ -291,9 +283,9 @@ def test_unset_urls_with_an_unusable_instance_folder_exit_2(tmp_path):
     assert error and "set DATABASE_URL" in error[0] and "Traceback" not in result.stderr
 
 
-def test_check_json_stays_valid_json_with_infinite_scores(seeded, redis, runner):
+def test_check_json_stays_valid_json_with_infinite_scores(drifted, redis, runner):
     assert runner.invoke(args=["stats", "fix"]).exit_code == 0
-    member = sorted(expected(seeded, "count:user:arts"), key=int)[0]
+    member = sorted(expected(drifted, "count:user:arts"), key=int)[0]
     redis.zadd("count:user:arts", {member: float("inf")})
     result = runner.invoke(args=["stats", "check", "--json", "--only", "count:user:arts"])
     assert result.exit_code == 3

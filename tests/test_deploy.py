@@ -19,9 +19,6 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from common.cache.engine import RepairEngine
-from common.cache.statistic import COUNTERS
-from common.demo import drift_counters, seed_database
 from tests.deploy_helpers import (
     DOCKERFILE,
     K8S,
@@ -365,13 +362,10 @@ def test_indexed_backfill_runs_one_shard_per_index():
 
 
 @pytest.fixture
-def drifted(engine, redis):
-    """A seeded database whose Redis counters were right, then drifted in every way."""
-    seed_database(engine, users=60)
-    RepairEngine(redis, engine, settle=0).run(COUNTERS)
-    drift_counters(redis)
-    assert wrong_members(engine, redis)
-    return engine, redis
+def drifted_stack(drifted, redis):
+    """The drifted sample (conftest) and its Redis."""
+    assert wrong_members(drifted, redis)
+    return drifted, redis
 
 
 @pytest.fixture
@@ -391,8 +385,8 @@ def run_container(objects, obj, secrets, pod_fields=None):
     return code, out, err
 
 
-def test_the_cronjob_runs_what_it_says(drifted, secrets):
-    engine, redis = drifted
+def test_the_cronjob_runs_what_it_says(drifted_stack, secrets):
+    engine, redis = drifted_stack
     objects = render("overlays/prod")
     code, out, err = run_container(objects, only(objects, "CronJob", "stats-fix"), secrets)
     assert code == 0, out + err
@@ -400,16 +394,16 @@ def test_the_cronjob_runs_what_it_says(drifted, secrets):
     assert re.search(r"^total\s", out, re.M), "the report is on stdout, for kubectl logs"
 
 
-def test_the_rebuild_backfill_runs_what_it_says(drifted, secrets):
-    engine, redis = drifted
+def test_the_rebuild_backfill_runs_what_it_says(drifted_stack, secrets):
+    engine, redis = drifted_stack
     objects = render("overlays/prod/backfill-rebuild")
     code, out, err = run_container(objects, only(objects, "Job"), secrets)
     assert code == 0, out + err
     assert wrong_members(engine, redis) == {}
 
 
-def test_the_indexed_backfill_fixes_everything_one_shard_per_index(drifted, secrets):
-    engine, redis = drifted
+def test_the_indexed_backfill_fixes_everything_one_shard_per_index(drifted_stack, secrets):
+    engine, redis = drifted_stack
     objects = render("overlays/prod/backfill-indexed")
     job = only(objects, "Job")
     total = job["spec"]["completions"]

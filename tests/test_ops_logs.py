@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from common.cache.engine import RepairEngine
 from common.cache.statistic import COUNTERS
-from common.demo import drift_counters, seed_database
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.expected import KEYS, wrong_members
 from tests.races import plant_run
@@ -25,14 +23,6 @@ from toutiao.logs import JsonFormatter, TextFormatter, fields
 COUNTER_FIELDS = {"counter", "mode", "scanned", "wrong", "fixed", "added", "changed", "removed", "skipped", "seconds"}
 SUMMARY_FIELDS = {"command", "counters", "failed", "scanned", "wrong", "fixed", "skipped", "seconds", "exit_status"}
 BAR = re.compile(r"(count:[a-z:]+) +\[[#.]+\] (\d+)/(\d+) +(\d+)% [\d,]+/s ETA \d+:\d\d:\d\d")
-
-
-@pytest.fixture
-def drifted(engine, redis):
-    seed_database(engine, users=40)
-    RepairEngine(redis, engine, settle=0.01).run(COUNTERS)
-    drift_counters(redis)
-    return engine
 
 
 def run(args, **env):

@@ -5,7 +5,6 @@ import time
 
 import pytest
 
-from common.demo import drift_counters, seed_database
 from tests.expected import KEYS, actual
 from tests.servers import Pushgateway, free_port
 from toutiao import create_app
@@ -16,13 +15,6 @@ def gateway(tmp_path):
     server = Pushgateway(tmp_path).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def seeded(engine, redis):
-    seed_database(engine, users=40)
-    drift_counters(redis)
-    return engine
 
 
 def invoke(config, args, **overrides):
@@ -39,7 +31,7 @@ def value(samples, name, **labels):
     return found[0]
 
 
-def test_a_successful_fix_pushes_timestamps_duration_and_each_counters_drift(config, seeded, gateway):
+def test_a_successful_fix_pushes_timestamps_duration_and_each_counters_drift(config, drifted, gateway):
     started = time.time()
     result = invoke(config, ["stats", "fix", "--json"], PUSHGATEWAY_URL=gateway.url)
     ended = time.time()
@@ -63,7 +55,7 @@ def test_a_successful_fix_pushes_timestamps_duration_and_each_counters_drift(con
     assert sum(value(samples, "stats_fix_members_wrong", counter=key) for key in KEYS) == report["totals"]["wrong"] > 0
 
 
-def test_a_failed_run_pushes_the_failure_and_keeps_the_last_success(config, seeded, gateway):
+def test_a_failed_run_pushes_the_failure_and_keeps_the_last_success(config, drifted, gateway):
     assert invoke(config, ["stats", "fix"], PUSHGATEWAY_URL=gateway.url).exit_code == 0
     first = gateway.metrics()
 
@@ -83,7 +75,7 @@ def test_a_failed_run_pushes_the_failure_and_keeps_the_last_success(config, seed
     )
 
 
-def test_a_sharded_run_pushes_under_its_shard_and_check_pushes_nothing(config, seeded, gateway):
+def test_a_sharded_run_pushes_under_its_shard_and_check_pushes_nothing(config, drifted, gateway):
     assert invoke(config, ["stats", "check"], PUSHGATEWAY_URL=gateway.url).exit_code == 3
     assert not [name for name, _ in gateway.metrics() if name.startswith("stats_fix_")]
 
@@ -93,7 +85,7 @@ def test_a_sharded_run_pushes_under_its_shard_and_check_pushes_nothing(config, s
     assert value(samples, "stats_fix_members_scanned", shard="1/2", counter="count:user:arts") > 0
 
 
-def test_an_unreachable_pushgateway_is_logged_and_does_not_fail_the_run(config, seeded, caplog):
+def test_an_unreachable_pushgateway_is_logged_and_does_not_fail_the_run(config, drifted, caplog):
     url = f"http://127.0.0.1:{free_port()}"
     with caplog.at_level(logging.INFO):
         result = invoke(config, ["stats", "fix"], PUSHGATEWAY_URL=url)
@@ -104,7 +96,7 @@ def test_an_unreachable_pushgateway_is_logged_and_does_not_fail_the_run(config, 
 
 
 @pytest.mark.parametrize("url", ["not a url", "ftp://gateway:9091", "http://", "http://gateway:port"])
-def test_a_malformed_pushgateway_url_exits_2_naming_it(config, seeded, redis, url):
+def test_a_malformed_pushgateway_url_exits_2_naming_it(config, drifted, redis, url):
     before = {key: actual(redis, key) for key in KEYS}
     result = invoke(config, ["stats", "fix"], PUSHGATEWAY_URL=url)
     assert result.exit_code == 2, result.output
