@@ -10,7 +10,7 @@ through :class:`~common.cache.source.Source`.
 
 The run calls ``checkpoint(name, counter=..., run=..., shard=..., **context)`` at the
 points named in :data:`CHECKPOINTS`; tests force interleavings there, and the protocol
-model (``common/cache/protocol.pml``) names its steps after them.
+model (``common/cache/model/protocol.pml``) names its steps after them.
 """
 from __future__ import annotations
 

@@ -1,0 +1,58 @@
+"""Member ids, the seen-id index and shards: the library's pure parts, no server needed."""
+import pytest
+
+from common.cache.members import MAX_ID, IdBitmap, Shard, is_id, owned_by, parse_member
+
+
+def test_parse_member_reads_canonical_ids():
+    assert parse_member("42") == 42
+    assert parse_member("0") == 0
+    assert parse_member(str(MAX_ID)) == MAX_ID
+    assert parse_member(b"17") == 17
+
+
+@pytest.mark.parametrize("junk", ["007", "-1", "1.0", "abc", "", " 1", "1 ", "5\n", "\n5", "+5", str(MAX_ID + 1),
+                                  "\u0663", "\u00b2", "1_000"])
+def test_parse_member_calls_anything_else_junk(junk):
+    assert parse_member(junk) is None
+
+
+@pytest.mark.parametrize("value, valid", [(1, True), (MAX_ID, True), (0, False), (-3, False), (MAX_ID + 1, False),
+                                          (True, False), ("5", False), (5.0, False)])
+def test_is_id_takes_positive_integers_that_fit_bigint_unsigned(value, valid):
+    assert is_id(value) is valid
+
+
+def test_id_bitmap_knows_small_and_snowflake_ids():
+    seen = IdBitmap(limit=1 << 10)
+    for member_id in [3, 900, 5000, 1 << 40, (1 << 40) + 7, MAX_ID]:
+        seen.add(member_id)
+    assert all(i in seen for i in [3, 900, 5000, 1 << 40, (1 << 40) + 7, MAX_ID])
+    assert not any(i in seen for i in [0, 4, 901, 4999, (1 << 40) + 1, 2**63])
+
+
+def test_id_bitmap_keeps_large_ids_found_out_of_order():
+    seen = IdBitmap(limit=1)
+    for member_id in [50, 10, 30]:
+        seen.add(member_id)
+    assert list(seen.large) == [10, 30, 50]
+
+
+@pytest.mark.parametrize("text, error", [("3/3", "index"), ("a/b", "INDEX/TOTAL"), ("1/0", "index"),
+                                         ("", "INDEX/TOTAL"), ("-1/2", "INDEX/TOTAL")])
+def test_shard_parse_rejects_malformed_specs(text, error):
+    with pytest.raises(ValueError, match=error):
+        Shard.parse(text)
+
+
+def test_shards_split_every_id_exactly_once_and_give_junk_to_shard_0():
+    shards = [Shard.parse(f"{i}/3") for i in range(3)]
+    for member_id in range(30):
+        assert sum(shard.owns(member_id) for shard in shards) == 1
+    assert [shard.owns(None) for shard in shards] == [True, False, False]
+    assert str(shards[2]) == "2/3"
+
+
+def test_a_run_without_a_shard_owns_everything():
+    assert owned_by(None, 7) and owned_by(None, None)
+    assert not owned_by(Shard(1, 2), 4)
