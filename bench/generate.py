@@ -89,7 +89,7 @@ def when(row_id: int, total: int) -> int:
     return EPOCH + row_id * SPAN // max(total, 1)
 
 
-def unique_pairs(rng, count, left, right, distinct=False):
+def unique_pairs(count, left, right, distinct=False):
     """Draw ``count`` distinct (left, right) pairs in draw order."""
     seen = set()
     pairs = []
@@ -122,7 +122,7 @@ def texts(rng, count, low, high):
 # Each writer returns (columns for LOAD DATA, SET clause, rows written).
 
 
-def write_users(rng, path, n, authors):
+def write_users(path, n, authors):
     media = set(authors)
     with open(path, "w") as f:
         for start in range(1, n + 1, 100_000):
@@ -165,7 +165,7 @@ def write_articles(rng, path, n_articles, authors):
     return columns, "create_time = FROM_UNIXTIME(@t), update_time = FROM_UNIXTIME(@t)", n_articles
 
 
-def write_pairs(path, pairs, values, with_time=True):
+def write_pairs(path, pairs, values):
     total = len(pairs)
     with open(path, "w") as f:
         lines = []
@@ -181,7 +181,6 @@ def write_pairs(path, pairs, values, with_time=True):
 def write_relations(rng, path, n_users, n_rel):
     follower, followed = Scatter(n_users, 11), Scatter(n_users, 23)
     pairs = unique_pairs(
-        rng,
         n_rel,
         lambda: follower(skewed(rng, n_users, 1.5)),
         lambda: followed(skewed(rng, n_users, 3.0)),
@@ -195,7 +194,7 @@ def write_relations(rng, path, n_users, n_rel):
 def write_collections(rng, path, n_users, n_articles, n_rows):
     user, article = Scatter(n_users, 31), Scatter(n_articles, 37)
     pairs = unique_pairs(
-        rng, n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0))
+        n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0))
     )
     rows = write_pairs(path, pairs, choices(rng, DELETED, n_rows))
     columns = "collection_id, user_id, article_id, is_deleted, @t"
@@ -205,7 +204,7 @@ def write_collections(rng, path, n_users, n_articles, n_rows):
 def write_attitudes(rng, path, n_users, n_articles, n_rows):
     user, article = Scatter(n_users, 41), Scatter(n_articles, 37)
     pairs = unique_pairs(
-        rng, n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0))
+        n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0))
     )
     rows = write_pairs(path, pairs, choices(rng, ATTITUDE, n_rows))
     columns = "attitude_id, user_id, article_id, attitude, @t"
@@ -244,7 +243,7 @@ def write_comments(rng, path, n_users, n_articles, n_rows):
 def write_comment_likes(rng, path, n_users, n_comments, n_rows):
     user, comment = Scatter(n_users, 47), Scatter(n_comments, 53)
     pairs = unique_pairs(
-        rng, n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: comment(skewed(rng, n_comments, 3.0))
+        n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: comment(skewed(rng, n_comments, 3.0))
     )
     rows = write_pairs(path, pairs, choices(rng, LIKE_DELETED, n_rows))
     columns = "liking_id, user_id, comment_id, is_deleted, @t"
@@ -321,7 +320,7 @@ def generate(args):
     user_scatter = Scatter(n, 5)
     authors = [user_scatter(k) for k in range(max(1, int(n * AUTHORS)))]
     writers = [
-        ("user_basic", lambda p: write_users(rng, p, n, authors)),
+        ("user_basic", lambda p: write_users(p, n, authors)),
         ("news_article_basic", lambda p: write_articles(rng, p, counts["news_article_basic"], authors)),
         ("user_relation", lambda p: write_relations(rng, p, n, counts["user_relation"])),
         ("news_collection", lambda p: write_collections(rng, p, n, counts["news_article_basic"], counts["news_collection"])),

@@ -34,7 +34,7 @@ class Database:
         engines = current_app.extensions.setdefault("database.engines", {})
         url = self.url
         if url not in engines:
-            engines[url] = _create_engine(url, current_app.config)
+            engines[url] = _create_engine(url)
         return engines[url]
 
     @property
@@ -49,7 +49,7 @@ class Database:
             session.close()
 
 
-def _create_engine(url, config):
+def _create_engine(url):
     """Create an engine sized for the repair's parallel jobs: each holds two connections
     (its stream and its re-reads), and the run one more for its index checks."""
     if url.startswith("sqlite"):
