@@ -88,6 +88,8 @@ class Schedule:
         member = self.rng.choice(members)
         kind = self.rng.choice(["score", "missing", "stale", "junk", "negative", "zero", "fraction", "delete", "type"])
         self.log.append(f"drift {kind} {key} {member}")
+        if redis.type(key) not in ("zset", "none"):
+            redis.delete(key)  # an earlier drift left a string there: start this one from a missing key
         if kind == "score":
             redis.zincrby(key, self.rng.choice([-2, 1, 3]), member)
         elif kind == "missing":
