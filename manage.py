@@ -1,4 +1,5 @@
 """Entry point: ``python manage.py stats fix`` works like ``flask stats fix``."""
+
 from flask.cli import FlaskGroup
 
 from toutiao import create_app

@@ -8,6 +8,7 @@ of this checkout, ``flask stats check`` must exit 0. Writes ``bench/BEFORE-AFTER
 
     .venv/bin/python -m bench.compare --before d06078f --users 1000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,22 @@ def main(argv=None):
     facts = database_facts(args)
     if (facts.get("rows") or {}).get("user_basic") != args.users:
         log(f"generating {args.database} at {args.users:,} users")
-        generate.main(["--users", str(args.users), "--database", args.database, "--host", args.host,
-                       "--port", str(args.port), "--user", args.user, "--password", args.password])
+        generate.main(
+            [
+                "--users",
+                str(args.users),
+                "--database",
+                args.database,
+                "--host",
+                args.host,
+                "--port",
+                str(args.port),
+                "--user",
+                args.user,
+                "--password",
+                args.password,
+            ]
+        )
         facts = database_facts(args)
     before_dir = worktree(args.before)
     log(f"before: {args.before} in {before_dir}")
@@ -94,16 +109,23 @@ def main(argv=None):
                         run = run_contender(name, argv_fix, server, env, prefix, args.timeout, writes, cwd=cwd)
                         if name == "after" or not baseline:
                             run["check"] = check(env, prefix + "-check", 1, args.timeout)
-                        log(f"{name} / {scenario} / {n}: exit {run['exit']}, {run['wall_s']} s, {run['rss_mb']} MB, "
-                            f"worst PING {run['ping']['worst_ms']} ms, check {run.get('check', {}).get('exit')}")
+                        log(
+                            f"{name} / {scenario} / {n}: exit {run['exit']}, {run['wall_s']} s, {run['rss_mb']} MB, "
+                            f"worst PING {run['ping']['worst_ms']} ms, check {run.get('check', {}).get('exit')}"
+                        )
                         runs[name][scenario].append(run)
                         if scenario == "empty" and not baseline and run["exit"] == 0:
                             save_baseline(server)
                             baseline = True
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(before_dir)], cwd=ROOT, capture_output=True)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "args": vars(args), "machine": code, "database": facts,
-               "runs": runs}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "args": vars(args),
+        "machine": code,
+        "database": facts,
+        "runs": runs,
+    }
     (DATA / f"compare-{args.users}.json").write_text(json.dumps(results, indent=2, default=str))
     Path(args.results).write_text(render(results))
     log(f"wrote {args.results}")
@@ -133,7 +155,8 @@ def render(results) -> str:
         f"`.venv/bin/python -m bench.compare --before {args['before']} --users {args['users']}`.",
         "",
         f"- Scale: {args['users']:,} users, the original toutiao keys; rows: "
-        + ", ".join(f"{t} {n:,}" for t, n in (db.get("rows") or {}).items() if n is not None) + ".",
+        + ", ".join(f"{t} {n:,}" for t, n in (db.get("rows") or {}).items() if n is not None)
+        + ".",
         f"- Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gb']} GB RAM; MariaDB {db['version']} with default "
         f"settings; a private redis-server {m['redis']}.",
         f"- Each scenario ran {args['rounds']} times per contender, alternating which went first; the table shows "
@@ -150,11 +173,18 @@ def render(results) -> str:
         wall_b, wall_a = median(before, METRICS[0][1]), median(after, METRICS[0][1])
         verdict = "n/a"
         if wall_a is not None and wall_b:
-            verdict = "agrees (within 10%)" if abs(wall_a - wall_b) <= AGREE * wall_b else (
-                "faster" if wall_a < wall_b else "SLOWER")
+            verdict = (
+                "agrees (within 10%)"
+                if abs(wall_a - wall_b) <= AGREE * wall_b
+                else ("faster" if wall_a < wall_b else "SLOWER")
+            )
         checks = [r.get("check", {}).get("exit") for r in after]
-        lines += ["", f"- wall time: after is {verdict}; `flask stats check` after each run of after: {checks}",
-                  f"- exits: before {[r['exit'] for r in before]}, after {[r['exit'] for r in after]}", ""]
+        lines += [
+            "",
+            f"- wall time: after is {verdict}; `flask stats check` after each run of after: {checks}",
+            f"- exits: before {[r['exit'] for r in before]}, after {[r['exit'] for r in after]}",
+            "",
+        ]
     return "\n".join(lines)
 
 

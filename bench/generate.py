@@ -14,6 +14,7 @@ likes and comments, a few comments very many replies and likes.
 
     .venv/bin/python -m bench.generate --users 1000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,42 @@ DELETED = [(0, 85), (1, 15)]
 LIKE_DELETED = [(0, 90), (1, 10)]
 REPLY_SHARE = 1 / 3
 
-WORDS = ["the", "news", "of", "the", "day", "market", "city", "team", "match", "rain", "season", "school", "film", "music", "new", "old", "first", "last", "big", "small", "report", "review", "update", "story", "photo", "video", "interview", "analysis", "opinion", "sport", "travel", "food", "health", "science"]
+WORDS = [
+    "the",
+    "news",
+    "of",
+    "the",
+    "day",
+    "market",
+    "city",
+    "team",
+    "match",
+    "rain",
+    "season",
+    "school",
+    "film",
+    "music",
+    "new",
+    "old",
+    "first",
+    "last",
+    "big",
+    "small",
+    "report",
+    "review",
+    "update",
+    "story",
+    "photo",
+    "video",
+    "interview",
+    "analysis",
+    "opinion",
+    "sport",
+    "travel",
+    "food",
+    "health",
+    "science",
+]
 
 
 def server_args(args) -> dict:
@@ -193,9 +229,7 @@ def write_relations(rng, path, n_users, n_rel):
 
 def write_collections(rng, path, n_users, n_articles, n_rows):
     user, article = Scatter(n_users, 31), Scatter(n_articles, 37)
-    pairs = unique_pairs(
-        n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0))
-    )
+    pairs = unique_pairs(n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0)))
     rows = write_pairs(path, pairs, choices(rng, DELETED, n_rows))
     columns = "collection_id, user_id, article_id, is_deleted, @t"
     return columns, "create_time = FROM_UNIXTIME(@t), update_time = FROM_UNIXTIME(@t)", rows
@@ -203,9 +237,7 @@ def write_collections(rng, path, n_users, n_articles, n_rows):
 
 def write_attitudes(rng, path, n_users, n_articles, n_rows):
     user, article = Scatter(n_users, 41), Scatter(n_articles, 37)
-    pairs = unique_pairs(
-        n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0))
-    )
+    pairs = unique_pairs(n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: article(skewed(rng, n_articles, 3.0)))
     rows = write_pairs(path, pairs, choices(rng, ATTITUDE, n_rows))
     columns = "attitude_id, user_id, article_id, attitude, @t"
     return columns, "create_time = FROM_UNIXTIME(@t), update_time = FROM_UNIXTIME(@t)", rows
@@ -242,9 +274,7 @@ def write_comments(rng, path, n_users, n_articles, n_rows):
 
 def write_comment_likes(rng, path, n_users, n_comments, n_rows):
     user, comment = Scatter(n_users, 47), Scatter(n_comments, 53)
-    pairs = unique_pairs(
-        n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: comment(skewed(rng, n_comments, 3.0))
-    )
+    pairs = unique_pairs(n_rows, lambda: user(skewed(rng, n_users, 1.5)), lambda: comment(skewed(rng, n_comments, 3.0)))
     rows = write_pairs(path, pairs, choices(rng, LIKE_DELETED, n_rows))
     columns = "liking_id, user_id, comment_id, is_deleted, @t"
     return columns, "create_time = FROM_UNIXTIME(@t), update_time = FROM_UNIXTIME(@t)", rows
@@ -323,7 +353,10 @@ def generate(args):
         ("user_basic", lambda p: write_users(p, n, authors)),
         ("news_article_basic", lambda p: write_articles(rng, p, counts["news_article_basic"], authors)),
         ("user_relation", lambda p: write_relations(rng, p, n, counts["user_relation"])),
-        ("news_collection", lambda p: write_collections(rng, p, n, counts["news_article_basic"], counts["news_collection"])),
+        (
+            "news_collection",
+            lambda p: write_collections(rng, p, n, counts["news_article_basic"], counts["news_collection"]),
+        ),
         ("news_attitude", lambda p: write_attitudes(rng, p, n, counts["news_article_basic"], counts["news_attitude"])),
         ("news_comment", lambda p: write_comments(rng, p, n, counts["news_article_basic"], counts["news_comment"])),
         (
@@ -344,7 +377,9 @@ def generate(args):
             if loaded != rows:
                 raise RuntimeError(f"{table}: wrote {rows} rows, loaded {loaded}")
             total_rows += rows
-            print(f"{table:<20} {rows:>10,} rows  generated {t1 - t0:6.1f}s  loaded+indexed {t2 - t1:6.1f}s", flush=True)
+            print(
+                f"{table:<20} {rows:>10,} rows  generated {t1 - t0:6.1f}s  loaded+indexed {t2 - t1:6.1f}s", flush=True
+            )
             if not args.keep_files:
                 path.unlink()
     finally:

@@ -22,6 +22,7 @@ Prints a JSON summary (seconds in the database and in Redis, members per counter
 
     DATABASE_URL=... REDIS_URL=... .venv/bin/python -m bench.oldway
 """
+
 import json
 import sys
 import time

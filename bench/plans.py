@@ -18,6 +18,7 @@ Writes the measurements to ``bench/data/plans-DATABASE.json`` and prints a Markd
 
     .venv/bin/python -m bench.plans [--only KEY ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -231,11 +232,15 @@ def study(conn, counter, log) -> dict:
                 }
         if created:
             out["covering"].update(timed(conn, out["covering"]["sql"]))
-            log(f"  covering  {out['covering']['seconds']:7.2f}s  {out['covering']['summary']}"
-                f"{'' if out['covering']['chosen_by_optimizer'] else ' (FORCE INDEX)'}")
+            log(
+                f"  covering  {out['covering']['seconds']:7.2f}s  {out['covering']['summary']}"
+                f"{'' if out['covering']['chosen_by_optimizer'] else ' (FORCE INDEX)'}"
+            )
             out["covering"]["recheck"] = recheck(conn, counter, ids)
-            log(f"  recheck   {out['covering']['recheck']['seconds']:7.2f}s  "
-                f"{out['covering']['recheck']['summary']}  (with the covering index)")
+            log(
+                f"  recheck   {out['covering']['recheck']['seconds']:7.2f}s  "
+                f"{out['covering']['recheck']['summary']}  (with the covering index)"
+            )
     finally:
         with conn.cursor() as cur:
             for table, name in created:
@@ -269,7 +274,8 @@ def markdown(results: list) -> str:
     for r in results:
         cov = r.get("covering") or {}
         lines.append(
-            f"| `{r['counter']}` | {r['default']['rows']:,} | {r['default']['summary']} | {r['default']['seconds']:.1f} | "
+            f"| `{r['counter']}` | {r['default']['rows']:,} | {r['default']['summary']} | "
+            f"{r['default']['seconds']:.1f} | "
             f"{r['scan']['seconds']:.1f} | {r['scan_big_tmp']['seconds']:.1f} | {r['engine']['seconds']:.1f} | "
             f"{', '.join(cov.get('indexes', []))} | {cov.get('seconds', float('nan')):.1f} | "
             f"{r['recheck']['seconds']:.2f} / {cov.get('recheck', {}).get('seconds', float('nan')):.2f} |"
@@ -297,8 +303,10 @@ def main(argv=None):
     with conn.cursor() as cur:
         cur.execute("SELECT VERSION(), @@innodb_buffer_pool_size, @@sort_buffer_size, @@tmp_table_size")
         version, pool, sort_buffer, tmp_table = cur.fetchone()
-    log(f"MariaDB {version}, buffer pool {pool >> 20} MB, sort buffer {sort_buffer >> 10} KB, "
-        f"tmp table {tmp_table >> 20} MB")
+    log(
+        f"MariaDB {version}, buffer pool {pool >> 20} MB, sort buffer {sort_buffer >> 10} KB, "
+        f"tmp table {tmp_table >> 20} MB"
+    )
     results = []
     for counter in counters:
         log(f"{counter.key}")

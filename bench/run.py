@@ -19,6 +19,7 @@ commands sent and the writes. Writes ``bench/RESULTS.md`` and ``bench/data/resul
     .venv/bin/python -m bench.run --users 20000 --database toutiao_bench_small \
         --results bench/data/RESULTS-smoke.md   # a smoke run that leaves the 1M database alone
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,10 +98,25 @@ class PrivateRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir), "--latency-monitor-threshold", "1",
-                "--slowlog-log-slower-than", "5000", "--slowlog-max-len", "1000",
-                "--logfile", str(self.dir / "redis.log"),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--latency-monitor-threshold",
+                "1",
+                "--slowlog-log-slower-than",
+                "5000",
+                "--slowlog-max-len",
+                "1000",
+                "--logfile",
+                str(self.dir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -189,7 +205,7 @@ def _short(command) -> str:
 
 def command_counts(client) -> dict:
     stats = client.info("commandstats")
-    return {name[len("cmdstat_"):]: value["calls"] for name, value in stats.items()}
+    return {name[len("cmdstat_") :]: value["calls"] for name, value in stats.items()}
 
 
 def write_commands(client) -> set:
@@ -235,7 +251,8 @@ def measured(argv, env, log_prefix, timeout, cwd=ROOT) -> dict:
         wrapped = [TIME, "-f", "%M", "-o", str(timefile)] + argv
     else:  # the peak RSS of the child as seen by a small wrapper
         wrapped = [
-            PYTHON, "-c",
+            PYTHON,
+            "-c",
             "import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
             "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)",
             str(timefile),
@@ -375,7 +392,11 @@ def check(env, log_prefix, jobs, timeout) -> dict:
         try:
             proc = subprocess.run(
                 [FLASK, "stats", "check", "--json", "--jobs", str(jobs)],
-                cwd=ROOT, env=env, stdout=out, stderr=err, timeout=timeout,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=err,
+                timeout=timeout,
             )
             code = proc.returncode
         except subprocess.TimeoutExpired:
@@ -396,8 +417,15 @@ def database_facts(args) -> dict:
         cur.execute("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = %s", (args.database,))
         if cur.fetchone()[0]:
             facts["rows"] = {}
-            for table in ("user_basic", "news_article_basic", "user_relation", "news_collection",
-                          "news_attitude", "news_comment", "news_comment_liking"):
+            for table in (
+                "user_basic",
+                "news_article_basic",
+                "user_relation",
+                "news_collection",
+                "news_attitude",
+                "news_comment",
+                "news_comment_liking",
+            ):
                 try:
                     cur.execute(f"SELECT COUNT(*) FROM `{args.database}`.`{table}`")
                     facts["rows"][table] = cur.fetchone()[0]
@@ -476,7 +504,7 @@ def render(results: dict) -> str:
         + ".",
         f"- Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gb']} GB RAM, Linux {m['kernel']}, Python {m['python']}.",
         f"- MariaDB {db['version']} with default settings (buffer pool {db['buffer_pool_mb']} MB); "
-        f"a private redis-server {m['redis']} (`--save \"\" --appendonly no`) on a free loopback port.",
+        f'a private redis-server {m["redis"]} (`--save "" --appendonly no`) on a free loopback port.',
         f"- Code under test: commit {m['commit']}; ours = `{' '.join(results['ours_argv'])}`.",
         f"- Drift: of every 10,000 members of every counter, {DRIFT_PER_10K['changed']} get a wrong score, "
         f"{DRIFT_PER_10K['deleted']} are deleted and {DRIFT_PER_10K['stale']} stale ids are added "
@@ -486,8 +514,12 @@ def render(results: dict) -> str:
         "at that commit (plain GROUP BY, no index hint), fetched whole, then DEL + one ZADD in MULTI/EXEC.",
         "- Each contender runs as a subprocess under `/usr/bin/time` while a separate process PINGs "
         "the same Redis every millisecond"
-        + (f" (the PING process and redis-server at nice {INSTRUMENT_NICE}, so that other work on the shared "
-           "machine does not show as Redis latency)" if results.get("reniced") else "")
+        + (
+            f" (the PING process and redis-server at nice {INSTRUMENT_NICE}, so that other work on the shared "
+            "machine does not show as Redis latency)"
+            if results.get("reniced")
+            else ""
+        )
         + "; Redis commands are counted from `INFO commandstats` "
         "(PING and INFO of the bench itself excluded; commands run inside scripts are counted too), "
         "keyspace changes from the server's dirty counter.",
@@ -498,33 +530,69 @@ def render(results: dict) -> str:
         finished = ours["exit"] == 0
         ours_wall = ours["wall_s"] if ours["exit"] != "timeout" else f"> {ours['wall_s']:,} (stopped)"
         rows = [
-            ("wall time (s)", old["wall_s"], ours_wall, f"<= {TARGETS['wall_ratio']}x old",
-             finished and at_most(ours["wall_s"], TARGETS["wall_ratio"] * old["wall_s"])),
-            ("peak RSS (MB)", old["rss_mb"], ours["rss_mb"], f"<= {TARGETS['rss_mb']} MB",
-             at_most(ours["rss_mb"], TARGETS["rss_mb"])),
-            ("worst PING (ms)", old["ping"]["worst_ms"], ours["ping"]["worst_ms"], f"<= {TARGETS['ping_ms']} ms",
-             at_most(ours["ping"]["worst_ms"], TARGETS["ping_ms"])),
+            (
+                "wall time (s)",
+                old["wall_s"],
+                ours_wall,
+                f"<= {TARGETS['wall_ratio']}x old",
+                finished and at_most(ours["wall_s"], TARGETS["wall_ratio"] * old["wall_s"]),
+            ),
+            (
+                "peak RSS (MB)",
+                old["rss_mb"],
+                ours["rss_mb"],
+                f"<= {TARGETS['rss_mb']} MB",
+                at_most(ours["rss_mb"], TARGETS["rss_mb"]),
+            ),
+            (
+                "worst PING (ms)",
+                old["ping"]["worst_ms"],
+                ours["ping"]["worst_ms"],
+                f"<= {TARGETS['ping_ms']} ms",
+                at_most(ours["ping"]["worst_ms"], TARGETS["ping_ms"]),
+            ),
             ("p99 PING (ms)", old["ping"]["p99_ms"], ours["ping"]["p99_ms"], "", None),
-            ("longest server stall (ms, LATENCY LATEST)", old["redis"]["server_stall_ms"],
-             ours["redis"]["server_stall_ms"], "", None),
+            (
+                "longest server stall (ms, LATENCY LATEST)",
+                old["redis"]["server_stall_ms"],
+                ours["redis"]["server_stall_ms"],
+                "",
+                None,
+            ),
             ("Redis commands sent", old["redis"]["commands"], ours["redis"]["commands"], "", None),
             ("Redis write commands", old["redis"]["write_commands"], ours["redis"]["write_commands"], "", None),
         ]
         if scenario == "drift":
             drifted = results["drift_total"]
             rows.append(
-                ("keyspace changes (members written)", old["redis"]["keyspace_changes"],
-                 ours["redis"]["keyspace_changes"], f"proportional to the drift ({drifted:,})",
-                 finished and ours["redis"]["keyspace_changes"] <= 2 * drifted + 100)
+                (
+                    "keyspace changes (members written)",
+                    old["redis"]["keyspace_changes"],
+                    ours["redis"]["keyspace_changes"],
+                    f"proportional to the drift ({drifted:,})",
+                    finished and ours["redis"]["keyspace_changes"] <= 2 * drifted + 100,
+                )
             )
         else:
-            rows.append(("keyspace changes (members written)", old["redis"]["keyspace_changes"],
-                         ours["redis"]["keyspace_changes"], "", None))
-        lines += [f"## {title}", "", "| metric | old way | ours | ours / old | target | result |",
-                  "|---|---:|---:|---:|---|---|"]
+            rows.append(
+                (
+                    "keyspace changes (members written)",
+                    old["redis"]["keyspace_changes"],
+                    ours["redis"]["keyspace_changes"],
+                    "",
+                    None,
+                )
+            )
+        lines += [
+            f"## {title}",
+            "",
+            "| metric | old way | ours | ours / old | target | result |",
+            "|---|---:|---:|---:|---|---|",
+        ]
         for label, a, b, target, ok in rows:
             lines.append(
-                f"| {label} | {number(a)} | {number(b)} | {ratio(b, a)} | {target} | {'' if ok is None else verdict(ok)} |"
+                f"| {label} | {number(a)} | {number(b)} | {ratio(b, a)} | {target} | "
+                f"{'' if ok is None else verdict(ok)} |"
             )
         status = []
         for name, run in (("old way", old), ("ours", ours)):
@@ -533,15 +601,20 @@ def render(results: dict) -> str:
         if ours.get("check"):
             status.append(
                 f"`flask stats check` afterwards: exit {ours['check']['exit']} "
-                + (f"(exact, {ours['check']['seconds']} s)" if ours["check"]["exit"] == 0
-                   else f"(NOT exact, {ours['check']['seconds']} s)" if isinstance(ours["check"]["exit"], int) else "")
+                + (
+                    f"(exact, {ours['check']['seconds']} s)"
+                    if ours["check"]["exit"] == 0
+                    else f"(NOT exact, {ours['check']['seconds']} s)"
+                    if isinstance(ours["check"]["exit"], int)
+                    else ""
+                )
             )
         report = ours.get("report") or {}
         if report.get("totals"):
             t = report["totals"]
             status.append(
-                "ours reported " + ", ".join(f"{k} {t[k]:,}" for k in ("scanned", "wrong", "added", "changed",
-                                                                       "removed", "skipped"))
+                "ours reported "
+                + ", ".join(f"{k} {t[k]:,}" for k in ("scanned", "wrong", "added", "changed", "removed", "skipped"))
             )
         for name, run in (("old way", old), ("ours", ours)):
             slow = run["redis"].get("slow_commands") or []
@@ -557,8 +630,12 @@ def render(results: dict) -> str:
                 f"{old['report']['redis_seconds']} s in Redis, {old['report']['members']:,} members"
             )
         lines += [""] + [f"- {s}" for s in status] + [""]
-    lines += ["## Per counter", "", "| counter | members | old: query s | old: Redis s | ours from empty s | ours at drift s |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Per counter",
+        "",
+        "| counter | members | old: query s | old: Redis s | ours from empty s | ours at drift s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     old_counters = {c["counter"]: c for c in (runs["old/empty"].get("report") or {}).get("counters", [])}
     ours_empty, ours_drift = (
         {c["counter"]: c for c in (runs[name].get("report") or {}).get("counters") or runs[name]["counters_logged"]}
@@ -567,8 +644,9 @@ def render(results: dict) -> str:
     for counter in COUNTERS:
         o = old_counters.get(counter.key, {})
         lines.append(
-            f"| `{counter.key}` | {o.get('members', 0):,} | {o.get('query_seconds', '')} | {o.get('redis_seconds', '')} | "
-            f"{ours_empty.get(counter.key, {}).get('seconds', '')} | {ours_drift.get(counter.key, {}).get('seconds', '')} |"
+            f"| `{counter.key}` | {o.get('members', 0):,} | {o.get('query_seconds', '')} | "
+            f"{o.get('redis_seconds', '')} | {ours_empty.get(counter.key, {}).get('seconds', '')} | "
+            f"{ours_drift.get(counter.key, {}).get('seconds', '')} |"
         )
     lines += ["", "Raw measurements: `bench/data/results-{}.json` (not committed).".format(args["users"]), ""]
     return "\n".join(lines)
@@ -615,8 +693,20 @@ def main(argv=None):
     facts = database_facts(args)
     if args.regenerate or (facts.get("rows") or {}).get("user_basic") != args.users:
         log(f"generating {args.database} at {args.users:,} users")
-        gen_args = ["--users", str(args.users), "--database", args.database, "--host", args.host,
-                    "--port", str(args.port), "--user", args.user, "--password", args.password]
+        gen_args = [
+            "--users",
+            str(args.users),
+            "--database",
+            args.database,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--user",
+            args.user,
+            "--password",
+            args.password,
+        ]
         generate.main(gen_args)
         facts = database_facts(args)
     else:
@@ -641,9 +731,11 @@ def main(argv=None):
         def contender(name, scenario, argv):
             log(f"{name} / {scenario}: running")
             run = run_contender(name, argv, server, env, str(logs / f"{name}-{scenario}"), args.timeout, writes)
-            log(f"{name} / {scenario}: exit {run['exit']}, {run['wall_s']} s, {run['rss_mb']} MB, "
+            log(
+                f"{name} / {scenario}: exit {run['exit']}, {run['wall_s']} s, {run['rss_mb']} MB, "
                 f"worst PING {run['ping']['worst_ms']} ms, {run['redis']['commands']:,} commands, "
-                f"{run['redis']['keyspace_changes']:,} keyspace changes")
+                f"{run['redis']['keyspace_changes']:,} keyspace changes"
+            )
             runs[f"{name}/{scenario}"] = run
             return run
 

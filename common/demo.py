@@ -1,4 +1,5 @@
 """A realistic sample toutiao dataset, and counters drifted in every way the repair handles."""
+
 from __future__ import annotations
 
 import random
@@ -23,9 +24,10 @@ class SeedSummary:
 
 def database_is_empty(conn) -> bool:
     """Tell whether the toutiao tables hold no users and no articles."""
-    return not conn.execute(select(func.count()).select_from(User)).scalar() and not conn.execute(
-        select(func.count()).select_from(Article)
-    ).scalar()
+    return (
+        not conn.execute(select(func.count()).select_from(User)).scalar()
+        and not conn.execute(select(func.count()).select_from(Article)).scalar()
+    )
 
 
 def seed_database(engine, users: int = 200, seed: int = 2026) -> SeedSummary:

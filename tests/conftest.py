@@ -4,6 +4,7 @@ The suite runs against the real MariaDB and Redis (TEST_DATABASE_URL, TEST_REDIS
 defaults: the local test database and Redis db 15). A server that is not there fails
 the run: nothing is skipped.
 """
+
 import os
 
 import pytest

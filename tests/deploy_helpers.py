@@ -4,6 +4,7 @@ A container's environment and argv are resolved the way Kubernetes does it: imag
 then ``envFrom``, then ``env`` (ConfigMaps from the rendered output, Secrets and pod fields
 from the caller), with ``$(VAR)`` references expanded as the kubelet expands them.
 """
+
 import functools
 import os
 import re
@@ -54,9 +55,7 @@ def kustomizations(kind="Kustomization") -> list:
 @functools.lru_cache(maxsize=None)
 def render_text(directory) -> str:
     """Return the rendered YAML of a kustomization directory (absolute, or relative to deploy/k8s)."""
-    result = subprocess.run(
-        kustomize_argv() + [str(K8S / directory)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(kustomize_argv() + [str(K8S / directory)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"rendering {directory} failed:\n{result.stderr}"
     return result.stdout
 

@@ -1,4 +1,5 @@
 """The counters' true values, computed with plain SQL independent of the code under test."""
+
 from sqlalchemy import text
 
 # counter key -> SQL returning (member id, count) for every member whose count is > 0

@@ -1,6 +1,7 @@
 """Tools to force interleavings: the engine's checkpoint callable, and a writer that takes
 the app's write protocol one step at a time, so a test can put each step between two of
 the engine's steps. No sleeps: every interleaving is forced at a named point."""
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,18 @@ class Checkpoints:
         once the point ``after`` has been reached, if given)."""
         names = (names,) if isinstance(names, str) else tuple(names)
         key = counter.key if hasattr(counter, "key") else counter
-        self._actions.append({"names": names, "counter": key, "shard": shard, "nth": nth, "after": after,
-                              "action": action, "seen": 0, "fired": False})
+        self._actions.append(
+            {
+                "names": names,
+                "counter": key,
+                "shard": shard,
+                "nth": nth,
+                "after": after,
+                "action": action,
+                "seen": 0,
+                "fired": False,
+            }
+        )
         return self
 
     def __call__(self, name, **context):
@@ -119,8 +130,10 @@ class Write:
 
 def follow(engine, redis, user, target) -> Write:
     """``user`` starts following ``target`` (who it did not follow before)."""
-    sql = ("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (:u, :t, 1) "
-           "ON DUPLICATE KEY UPDATE relation = 1")
+    sql = (
+        "INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (:u, :t, 1) "
+        "ON DUPLICATE KEY UPDATE relation = 1"
+    )
     return Write(engine, redis, sql, {"u": user, "t": target}, [(FOLLOWINGS, user, 1), (FOLLOWERS, target, 1)])
 
 

@@ -3,6 +3,7 @@
 Each binds a free port, lives in the test's tmp dir and is stopped by the test. A
 missing binary fails the test (CI installs them in .ci/run): nothing is skipped.
 """
+
 import contextlib
 import os
 import shutil
@@ -68,8 +69,21 @@ class RedisServer:
     def start(self):
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", *persistence, "--logfile", "redis.log", *self.extra],
+            [
+                binary("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir,
+                "--save",
+                "",
+                *persistence,
+                "--logfile",
+                "redis.log",
+                *self.extra,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -248,8 +262,19 @@ class TcpProxy:
 
 def flask_env(database_url, redis_url, **extra) -> dict:
     """The environment of a ``flask`` subprocess on the given servers."""
-    drop = ("DATABASE_URL", "REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_SERVICE_NAME", "PUSHGATEWAY_URL",
-            "LOG_FORMAT", "STATS_LOCK_TTL", "STATS_BATCH_SIZE", "STATS_JOBS", "STATS_SCHEDULE", "STATS_TIMEZONE")
+    drop = (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_SERVICE_NAME",
+        "PUSHGATEWAY_URL",
+        "LOG_FORMAT",
+        "STATS_LOCK_TTL",
+        "STATS_BATCH_SIZE",
+        "STATS_JOBS",
+        "STATS_SCHEDULE",
+        "STATS_TIMEZONE",
+    )
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(FLASK_APP="manage", DATABASE_URL=database_url, STATS_SETTLE_SECONDS="0.02")  # as TestConfig
     if redis_url:

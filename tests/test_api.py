@@ -1,5 +1,6 @@
 """The JSON API's write path: each request moves exactly its counters, after the commit,
 and a refused request moves none."""
+
 import threading
 
 import pytest
@@ -31,8 +32,12 @@ def world(engine, redis):
             [
                 {"id": ARTICLE, "user_id": AUTHOR, "channel_id": 1, "title": "open", "status": 2},
                 {
-                    "id": CLOSED_ARTICLE, "user_id": CLOSED_AUTHOR, "channel_id": 1, "title": "closed",
-                    "status": 2, "allow_comment": False,
+                    "id": CLOSED_ARTICLE,
+                    "user_id": CLOSED_AUTHOR,
+                    "channel_id": 1,
+                    "title": "closed",
+                    "status": 2,
+                    "allow_comment": False,
                 },
                 {"id": DRAFT, "user_id": AUTHOR, "channel_id": 1, "title": "draft", "status": 0},
             ],
@@ -156,7 +161,10 @@ MOVES = {
     "like a comment": ([], like_comment(), 201, {"count:comm:liking": {"100": 1}}),
     "unlike a comment": ([like_comment()], unlike_comment(), 204, {"count:comm:liking": {"100": -1}}),
     "like a comment again": (
-        [like_comment(), unlike_comment()], like_comment(), 201, {"count:comm:liking": {"100": 1}}
+        [like_comment(), unlike_comment()],
+        like_comment(),
+        201,
+        {"count:comm:liking": {"100": 1}},
     ),
 }
 

@@ -1,5 +1,6 @@
 """``flask stats fix`` around other runs and broken surroundings: settings that cannot
 work, a dead run's lease, a read-only or vanishing Redis, a lease lost with parallel jobs."""
+
 import subprocess
 import threading
 
@@ -29,22 +30,31 @@ def app_with(config, checkpoint=None, **settings):
     return app
 
 
-@pytest.mark.parametrize("setting, value", [
-    ("STATS_SETTLE_SECONDS", "nan"),
-    ("STATS_SETTLE_SECONDS", "inf"),
-    ("STATS_SETTLE_SECONDS", "-1"),
-    ("STATS_SETTLE_SECONDS", "61"),
-    ("STATS_LOCK_TTL", "nan"),
-    ("STATS_LOCK_TTL", "inf"),
-    ("STATS_LOCK_TTL", "0.5"),
-    ("STATS_INFLIGHT_TTL", "nan"),
-    ("STATS_INFLIGHT_TTL", "0"),
-    ("STATS_BATCH_SIZE", "1e3"),
-    ("STATS_JOBS", "17"),
-])
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("STATS_SETTLE_SECONDS", "nan"),
+        ("STATS_SETTLE_SECONDS", "inf"),
+        ("STATS_SETTLE_SECONDS", "-1"),
+        ("STATS_SETTLE_SECONDS", "61"),
+        ("STATS_LOCK_TTL", "nan"),
+        ("STATS_LOCK_TTL", "inf"),
+        ("STATS_LOCK_TTL", "0.5"),
+        ("STATS_INFLIGHT_TTL", "nan"),
+        ("STATS_INFLIGHT_TTL", "0"),
+        ("STATS_BATCH_SIZE", "1e3"),
+        ("STATS_JOBS", "17"),
+    ],
+)
 def test_settings_that_cannot_work_exit_2_at_once_naming_them(drifted, redis, setting, value):
-    result = subprocess.run(flask_cmd("stats", "fix"), cwd=ROOT, env=flask_env(DATABASE_URL, REDIS_URL, **{setting: value}),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        flask_cmd("stats", "fix"),
+        cwd=ROOT,
+        env=flask_env(DATABASE_URL, REDIS_URL, **{setting: value}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     assert setting in one_error_line(result.stderr)
 
@@ -88,8 +98,11 @@ def test_a_lease_lost_with_parallel_jobs_exits_1_not_as_if_signalled(drifted, re
             redis.delete(key)
 
     cp = Checkpoints().at("stream_batch", lose_every_lease)
-    result = app_with(config, checkpoint=cp, STATS_LOCK_TTL="1").test_cli_runner().invoke(
-        args=["stats", "fix", "--jobs", "2", "--batch-size", "5"])
+    result = (
+        app_with(config, checkpoint=cp, STATS_LOCK_TTL="1")
+        .test_cli_runner()
+        .invoke(args=["stats", "fix", "--jobs", "2", "--batch-size", "5"])
+    )
     cp.assert_fired()
     assert result.exit_code == 1, result.output
     assert "lost" in one_error_line(result.output)
@@ -105,8 +118,11 @@ def test_sixteen_jobs_get_enough_database_connections(engine, redis, config, run
     cp = Checkpoints()
     for counter in COUNTERS:
         cp.at(("stream_batch", "rebuild_batch"), barrier.wait, counter=counter)
-    result = app_with(config, checkpoint=cp).test_cli_runner().invoke(
-        args=["stats", "fix", "--jobs", "16", "--batch-size", "5"])
+    result = (
+        app_with(config, checkpoint=cp)
+        .test_cli_runner()
+        .invoke(args=["stats", "fix", "--jobs", "16", "--batch-size", "5"])
+    )
     cp.assert_fired()
     assert result.exit_code == 0, result.output
     assert wrong_members(engine, redis) == {}

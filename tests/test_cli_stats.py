@@ -1,4 +1,5 @@
 """``flask stats``: output, exit codes, bad input, the lock and signals."""
+
 import json
 import os
 import signal
@@ -55,7 +56,17 @@ def test_fix_repairs_everything_and_prints_a_line_per_counter_and_a_total(drifte
     result = runner.invoke(args=["stats", "fix"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["counter", "mode", "scanned", "wrong", "added", "changed", "removed", "skipped", "seconds"]
+    assert lines[0].split() == [
+        "counter",
+        "mode",
+        "scanned",
+        "wrong",
+        "added",
+        "changed",
+        "removed",
+        "skipped",
+        "seconds",
+    ]
     assert [line.split()[0] for line in lines[1:12]] == KEYS
     assert lines[12].startswith("total")
     assert wrong_members(drifted, redis) == {}
@@ -136,7 +147,9 @@ def test_malformed_database_url_exits_2(config, redis, url):
     assert_one_line_error(result, 2, "DATABASE_URL")
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:6379/notadb", "redis://127.0.0.1:port/0"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:6379/notadb", "redis://127.0.0.1:port/0"]
+)
 def test_malformed_redis_url_exits_2(config, engine, url):
     result = run_with(config, {"REDIS_URL": url}, ["stats", "fix"])
     assert_one_line_error(result, 2, "REDIS_URL")
@@ -251,11 +264,14 @@ def test_demo_seed_refuses_a_database_that_has_data(drifted, runner):
     assert_one_line_error(result, 2, "empty database")
 
 
-@pytest.mark.parametrize("running, scope, args", [
-    ("a full run", "*", ["--shard", "1/3"]),
-    ("a shard", "0/3", []),
-    ("a shard of another split", "0/3", ["--shard", "1/2"]),
-])
+@pytest.mark.parametrize(
+    "running, scope, args",
+    [
+        ("a full run", "*", ["--shard", "1/3"]),
+        ("a shard", "0/3", []),
+        ("a shard of another split", "0/3", ["--shard", "1/2"]),
+    ],
+)
 def test_runs_over_the_same_members_refuse_each_other(drifted, redis, runner, running, scope, args):
     plant_run(redis, COUNTERS, holder="nightly:7", ttl_ms=60_000, scope=scope)
     before = snapshot(redis)

@@ -5,6 +5,7 @@ kustomize) renders every kustomization, kubernetes-validate checks the output ag
 the oldest and newest Kubernetes we claim, and the rendered stats containers' argv and
 environment are run here against the test MariaDB and Redis. A missing tool fails.
 """
+
 import http.client
 import os
 import re
@@ -98,8 +99,15 @@ def test_the_image_runs_gunicorn_as_a_numeric_user_in_exec_form():
 def test_the_build_context_holds_the_app_and_nothing_private():
     for path in ("manage.py", "requirements.txt", "toutiao/__init__.py", "common/cache/engine.py"):
         assert not dockerignore_excludes(path), path
-    for path in (".git/config", ".venv/bin/python", "instance/toutiao.sqlite3", ".env", "tests/conftest.py",
-                 "toutiao/__pycache__/config.cpython-311.pyc", "deploy/k8s/base/kustomization.yaml"):
+    for path in (
+        ".git/config",
+        ".venv/bin/python",
+        "instance/toutiao.sqlite3",
+        ".env",
+        "tests/conftest.py",
+        "toutiao/__pycache__/config.cpython-311.pyc",
+        "deploy/k8s/base/kustomization.yaml",
+    ):
         assert dockerignore_excludes(path), path
 
 
@@ -141,8 +149,16 @@ def test_kustomization_renders_and_validates_strictly(directory, tmp_path):
     rendered.write_text(render_text(directory))
     assert render(directory), f"{directory} renders nothing"
     result = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", "--quiet",
-         "-k", OLDEST_KUBERNETES, "-k", latest_version(), str(rendered)],
+        [
+            tool("kubernetes-validate"),
+            "--strict",
+            "--quiet",
+            "-k",
+            OLDEST_KUBERNETES,
+            "-k",
+            latest_version(),
+            str(rendered),
+        ],
         capture_output=True,
         text=True,
     )
@@ -282,7 +298,9 @@ def test_announcements_outlive_every_web_request(directory):
     objects = render(directory)
     settings = settings_of(objects)
     web = only_container(only(objects, "Deployment"))
-    timeout = next((float(a.split("=")[1]) for a in web["args"] if a.startswith("--timeout=")), 30.0)  # gunicorn's default
+    timeout = next(
+        (float(a.split("=")[1]) for a in web["args"] if a.startswith("--timeout=")), 30.0
+    )  # gunicorn's default
     assert float(settings["STATS_INFLIGHT_TTL"]) > 2 * timeout
 
 

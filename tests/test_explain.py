@@ -1,4 +1,5 @@
 """``flask stats explain``: plans and covering-index suggestions, never created silently."""
+
 from sqlalchemy import inspect, text
 
 from common.cache.statistic import COUNTERS

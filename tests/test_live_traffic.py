@@ -1,5 +1,6 @@
 """Live traffic: clients keep committing rows and bumping counters while `flask stats fix`
 runs in its own process; once traffic stops, every counter must equal the database."""
+
 import json
 import os
 import subprocess
@@ -40,7 +41,11 @@ def flask_stats_fix(config, *options):
     }
     done = subprocess.run(
         [sys.executable, "-m", "flask", "stats", "fix", "--json", *options],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)

@@ -1,4 +1,5 @@
 """Member ids, the seen-id index and shards: the library's pure parts, no server needed."""
+
 import pytest
 
 from common.cache.members import MAX_ID, IdBitmap, Shard, is_id, owned_by, parse_member
@@ -11,14 +12,27 @@ def test_parse_member_reads_canonical_ids():
     assert parse_member(b"17") == 17
 
 
-@pytest.mark.parametrize("junk", ["007", "-1", "1.0", "abc", "", " 1", "1 ", "5\n", "\n5", "+5", str(MAX_ID + 1),
-                                  "\u0663", "\u00b2", "1_000"])
+@pytest.mark.parametrize(
+    "junk",
+    ["007", "-1", "1.0", "abc", "", " 1", "1 ", "5\n", "\n5", "+5", str(MAX_ID + 1), "\u0663", "\u00b2", "1_000"],
+)
 def test_parse_member_calls_anything_else_junk(junk):
     assert parse_member(junk) is None
 
 
-@pytest.mark.parametrize("value, valid", [(1, True), (MAX_ID, True), (0, False), (-3, False), (MAX_ID + 1, False),
-                                          (True, False), ("5", False), (5.0, False)])
+@pytest.mark.parametrize(
+    "value, valid",
+    [
+        (1, True),
+        (MAX_ID, True),
+        (0, False),
+        (-3, False),
+        (MAX_ID + 1, False),
+        (True, False),
+        ("5", False),
+        (5.0, False),
+    ],
+)
 def test_is_id_takes_positive_integers_that_fit_bigint_unsigned(value, valid):
     assert is_id(value) is valid
 
@@ -38,8 +52,10 @@ def test_id_bitmap_keeps_large_ids_found_out_of_order():
     assert list(seen.large) == [10, 30, 50]
 
 
-@pytest.mark.parametrize("text, error", [("3/3", "index"), ("a/b", "INDEX/TOTAL"), ("1/0", "index"),
-                                         ("", "INDEX/TOTAL"), ("-1/2", "INDEX/TOTAL")])
+@pytest.mark.parametrize(
+    "text, error",
+    [("3/3", "index"), ("a/b", "INDEX/TOTAL"), ("1/0", "index"), ("", "INDEX/TOTAL"), ("-1/2", "INDEX/TOTAL")],
+)
 def test_shard_parse_rejects_malformed_specs(text, error):
     with pytest.raises(ValueError, match=error):
         Shard.parse(text)

@@ -4,6 +4,7 @@ a query is killed, the process is SIGKILLed; and scores no counter should hold.
 After each: exit 1 with one clear line (SIGKILL: no exit at all), no live counter
 emptied or half-built, and the next run completes, leaves no staging key and is exact.
 """
+
 import json
 import signal
 import subprocess
@@ -213,9 +214,9 @@ def test_sigkill_mid_rebuild_keeps_live_counters_and_the_next_run_waits_then_cle
     assert busy.exit_code == 75, busy.output
     result = run_fix(DATABASE_URL, REDIS_URL, "--wait", "10")  # as the CronJob's retry does
     assert result.returncode == 0, result.stderr
-    assert any(
-        "freed" in json.loads(line)["message"] for line in result.stderr.splitlines() if line.startswith("{")
-    ), result.stderr
+    assert any("freed" in json.loads(line)["message"] for line in result.stderr.splitlines() if line.startswith("{")), (
+        result.stderr
+    )
     assert_clean_and_exact(engine, redis)
 
 

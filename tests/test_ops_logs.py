@@ -1,6 +1,7 @@
 """What on-call reads: a structured line per counter and a summary line with the exit
 status, JSON off a terminal and text on one, a progress bar only on a terminal, and
 no password anywhere."""
+
 import json
 import logging
 import os
@@ -36,8 +37,12 @@ def run_on_terminal(args, **env):
     """Run ``flask`` with stdout and stderr on a pseudo-terminal; return (status, output)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        flask_cmd(*args), cwd=ROOT, env=flask_env(DATABASE_URL, REDIS_URL, **env),
-        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+        flask_cmd(*args),
+        cwd=ROOT,
+        env=flask_env(DATABASE_URL, REDIS_URL, **env),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
     )
     os.close(slave)
     output, deadline = b"", time.monotonic() + 60
@@ -77,7 +82,9 @@ def test_off_a_terminal_every_log_line_is_json_with_a_line_per_counter_and_a_sum
     for line, reported in zip(counters, report["counters"]):
         assert set(line) >= COUNTER_FIELDS and line["level"] == "INFO"
         assert (line["scanned"], line["wrong"], line["skipped"]) == (
-            reported["scanned"], reported["wrong"], reported["skipped"]
+            reported["scanned"],
+            reported["wrong"],
+            reported["skipped"],
         )
         assert line["fixed"] == reported["added"] + reported["changed"] + reported["removed"]
     summary = lines[-1]

@@ -1,4 +1,5 @@
 """Metrics: every ``flask stats fix`` pushes to a real Pushgateway, success or failure."""
+
 import json
 import logging
 import time

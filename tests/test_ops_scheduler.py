@@ -1,5 +1,6 @@
 """``flask stats scheduler``: the daily job's schedule and time zone, what the job runs,
 stopping it, bad settings; and the web app never starting a scheduler."""
+
 import json
 import logging
 import os
@@ -124,9 +125,15 @@ def test_sigterm_during_a_scheduled_run_stops_the_run_between_batches_and_the_sc
 
 @pytest.mark.parametrize(
     "setting,value",
-    [("STATS_SCHEDULE", "every day at 3"), ("STATS_SCHEDULE", "61 3 * * *"), ("STATS_SCHEDULE", "0 3 * * 1-5"),
-     ("STATS_TIMEZONE", "Mars/Olympus"),
-     ("STATS_TIMEZONE", ""), ("LOG_FORMAT", "yaml"), ("PUSHGATEWAY_URL", "gateway:9091")],
+    [
+        ("STATS_SCHEDULE", "every day at 3"),
+        ("STATS_SCHEDULE", "61 3 * * *"),
+        ("STATS_SCHEDULE", "0 3 * * 1-5"),
+        ("STATS_TIMEZONE", "Mars/Olympus"),
+        ("STATS_TIMEZONE", ""),
+        ("LOG_FORMAT", "yaml"),
+        ("PUSHGATEWAY_URL", "gateway:9091"),
+    ],
 )
 def test_bad_settings_stop_the_scheduler_at_start_with_exit_2_naming_them(config, setting, value):
     setattr(config, setting, value)

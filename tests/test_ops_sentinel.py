@@ -1,5 +1,6 @@
 """Redis Sentinel: the sentinels name the master that every counter read and write goes to,
 before and after a failover; bad sentinel settings exit 2 naming the setting."""
+
 import pytest
 
 from common.demo import drift_counters, seed_database

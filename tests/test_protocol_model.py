@@ -5,6 +5,7 @@ release before fails with the counterexamples of issue 8; and each deliberate ho
 into today's model is found, so the checker is shown able to fail. The model names its
 steps after the engine's checkpoints: a checkpoint missing on either side fails a test.
 """
+
 import re
 import subprocess
 from pathlib import Path
@@ -30,8 +31,12 @@ def verify(tmp_path, model: str, **defines) -> str:
     (tmp_path / "model.pml").write_text(model)
     flags = [f"-D{name}={value}" if value is not True else f"-D{name}" for name, value in defines.items()]
     subprocess.run([binary("spin"), "-a", *flags, "model.pml"], cwd=tmp_path, check=True, capture_output=True)
-    subprocess.run([binary("gcc"), "-O2", "-DSAFETY", "-DCOLLAPSE", "-o", "pan", "pan.c"], cwd=tmp_path,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [binary("gcc"), "-O2", "-DSAFETY", "-DCOLLAPSE", "-o", "pan", "pan.c"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     report = subprocess.run(["./pan", "-m2000000"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert "max search depth too small" not in report and "states, stored" in report, report
     return report
@@ -41,21 +46,33 @@ def errors(report: str) -> int:
     return int(re.search(r"errors: (\d+)", report).group(1))
 
 
-@pytest.mark.parametrize("scenario", [1, 2, 3, 4, 5, 6], ids=[
-    "one run", "two shards at once", "missing key", "wrong type under shards", "lease expires", "rebuild"])
+@pytest.mark.parametrize(
+    "scenario",
+    [1, 2, 3, 4, 5, 6],
+    ids=["one run", "two shards at once", "missing key", "wrong type under shards", "lease expires", "rebuild"],
+)
 def test_every_counter_ends_exact_in_every_interleaving(tmp_path, scenario):
     report = verify(tmp_path, PROTOCOL, SCENARIO=scenario, WRITERS=WRITERS[scenario])
     assert errors(report) == 0, report
 
 
-@pytest.mark.parametrize("scenario, case, assertion", [
-    (1, "CASE1", "( !(relying)||dirty)"),
-    (1, None, EXACT),
-    (3, "CASE3", "( !(built_touch)||rp)"),
-    (3, None, EXACT),
-    (7, None, EXACT),
-], ids=["case 1: shared tracking deleted", "case 1: counter left wrong", "case 3: touch not moved aside",
-        "case 3: counter left wrong", "an increment slower than the settle delay"])
+@pytest.mark.parametrize(
+    "scenario, case, assertion",
+    [
+        (1, "CASE1", "( !(relying)||dirty)"),
+        (1, None, EXACT),
+        (3, "CASE3", "( !(built_touch)||rp)"),
+        (3, None, EXACT),
+        (7, None, EXACT),
+    ],
+    ids=[
+        "case 1: shared tracking deleted",
+        "case 1: counter left wrong",
+        "case 3: touch not moved aside",
+        "case 3: counter left wrong",
+        "an increment slower than the settle delay",
+    ],
+)
 def test_the_previous_protocol_has_the_counterexamples_of_issue_8(tmp_path, scenario, case, assertion):
     defines = {"SCENARIO": scenario, **({case: True} if case else {})}
     report = verify(tmp_path, PREVIOUS, **defines)
@@ -65,15 +82,32 @@ def test_the_previous_protocol_has_the_counterexamples_of_issue_8(tmp_path, scen
 
 # (what is cut out, the scenario that must catch it, text of today's model, its replacement)
 MUTANTS = [
-    ("writes ignore announced increments", 1, "#define QUIET(r) (!track[r] && inflight == 0 &&",
-     "#define QUIET(r) (!track[r] &&"),
+    (
+        "writes ignore announced increments",
+        1,
+        "#define QUIET(r) (!track[r] && inflight == 0 &&",
+        "#define QUIET(r) (!track[r] &&",
+    ),
     ("writes ignore tracking", 1, "#define QUIET(r) (!track[r] && ", "#define QUIET(r) ("),
-    ("the stream trusts a touched id", 1, ":: p1 || t1 -> cand = true; goto settle_", ":: p1 -> cand = true; goto settle_"),
-    ("the final pass forgets announced ids", 1, "((track[r] || inflight > 0) && (owns || rebuilt))",
-     "(track[r] && (owns || rebuilt))"),
+    (
+        "the stream trusts a touched id",
+        1,
+        ":: p1 || t1 -> cand = true; goto settle_",
+        ":: p1 -> cand = true; goto settle_",
+    ),
+    (
+        "the final pass forgets announced ids",
+        1,
+        "((track[r] || inflight > 0) && (owns || rebuilt))",
+        "(track[r] && (owns || rebuilt))",
+    ),
     ("writes are not fenced by the lease", 5, "#define FENCE(r) live[r]", "#define FENCE(r) true"),
-    ("a release clears the other run's tracking", 2, "live[r] = false; track[r] = false;",
-     "live[r] = false; track[0] = false; track[RUNS - 1] = false;"),
+    (
+        "a release clears the other run's tracking",
+        2,
+        "live[r] = false; track[r] = false;",
+        "live[r] = false; track[0] = false; track[RUNS - 1] = false;",
+    ),
 ]
 
 

@@ -5,6 +5,7 @@ Each test plays the app's writers step by step (announce, commit, increment) and
 runs between two steps of the run under test, then asserts the counter equals the
 database. Every interleaving is forced; nothing waits on a timer.
 """
+
 import threading
 
 import pytest
@@ -97,23 +98,29 @@ def test_a_full_run_starting_while_a_shard_rebuilds_leaves_its_staging_alone(wor
     assert not list(redis.scan_iter("{count:user:followers}:staging:*"))
 
 
-@pytest.mark.parametrize("first, second, refused", [
-    ("full", "full", True),
-    ("full", "shard 1/2", True),
-    ("shard 1/2", "full", True),
-    ("shard 1/2", "shard 1/2", True),
-    ("shard 0/2", "shard 0/3", True),
-    ("shard 0/2", "shard 1/2", False),
-    ("full", "full of another counter", False),
-])
+@pytest.mark.parametrize(
+    "first, second, refused",
+    [
+        ("full", "full", True),
+        ("full", "shard 1/2", True),
+        ("shard 1/2", "full", True),
+        ("shard 1/2", "shard 1/2", True),
+        ("shard 0/2", "shard 0/3", True),
+        ("shard 0/2", "shard 1/2", False),
+        ("full", "full of another counter", False),
+    ],
+)
 def test_runs_over_the_same_members_exclude_each_other_both_ways(world, first, second, refused):
     engine, redis = world
     shards = {"full": None, "shard 1/2": Shard(1, 2), "shard 0/2": Shard(0, 2), "shard 0/3": Shard(0, 3)}
     counters = (FOLLOWINGS,) if second == "full of another counter" else (FOLLOWERS,)
     outcome = []
     cp = Checkpoints()
-    cp.at("stream_batch", lambda: outcome.append(
-        attempt(lambda: run(engine, redis, counters, shard=shards.get(second)))), counter=KEY)
+    cp.at(
+        "stream_batch",
+        lambda: outcome.append(attempt(lambda: run(engine, redis, counters, shard=shards.get(second)))),
+        counter=KEY,
+    )
 
     run(engine, redis, shard=shards[first], checkpoint=cp)
 
@@ -131,8 +138,9 @@ def test_a_shard_waits_for_another_shards_rebuild_then_reconciles_its_part(world
     cp_second = Checkpoints().at("claim", waiting.set, counter=KEY)
 
     def start_shard_1():
-        thread = threading.Thread(target=lambda: second.update(
-            report=run(engine, redis, shard=Shard(1, 2), checkpoint=cp_second)))
+        thread = threading.Thread(
+            target=lambda: second.update(report=run(engine, redis, shard=Shard(1, 2), checkpoint=cp_second))
+        )
         thread.start()
         second["thread"] = thread
         assert waiting.wait(20), "shard 1/2 never found the rebuild claimed"
@@ -192,7 +200,10 @@ def test_a_wrong_type_key_under_shards_ends_exact_for_every_shards_members(world
     # Whichever shard rebuilds, a member of shard 1/2 changes while it builds.
     cp.at("rebuild_batch", lambda: follow(engine, redis, 900, 21).run(), counter=KEY)
 
-    reports = [run(engine, redis, shard=Shard(1, 2), checkpoint=cp), run(engine, redis, shard=Shard(0, 2), checkpoint=cp)]
+    reports = [
+        run(engine, redis, shard=Shard(1, 2), checkpoint=cp),
+        run(engine, redis, shard=Shard(0, 2), checkpoint=cp),
+    ]
 
     cp.assert_fired()
     assert not any(r.failed for r in reports)
@@ -203,8 +214,12 @@ def test_a_swap_refuses_a_staging_key_that_lost_members(world):
     engine, redis = world
     before = dict(redis.zscan_iter(KEY))
     cp = Checkpoints()
-    cp.at("rebuild_batch", lambda: [redis.unlink(k) for k in redis.scan_iter("{count:user:followers}:staging:*")],
-          counter=KEY, nth=2)
+    cp.at(
+        "rebuild_batch",
+        lambda: [redis.unlink(k) for k in redis.scan_iter("{count:user:followers}:staging:*")],
+        counter=KEY,
+        nth=2,
+    )
 
     report = run(engine, redis, rebuild=True, checkpoint=cp)
 
@@ -283,8 +298,7 @@ def test_a_run_whose_lease_expired_writes_nothing(world):
     def lease_lost_then_a_manual_fix_and_another_run():
         expire_leases(redis, FOLLOWERS)  # a partition or a failover that lost the key
         with engine.begin() as conn:  # a DBA deletes two follows by hand: Redis is right again
-            conn.exec_driver_sql(
-                "DELETE FROM user_relation WHERE target_user_id = 22 ORDER BY relation_id LIMIT 2")
+            conn.exec_driver_sql("DELETE FROM user_relation WHERE target_user_id = 22 ORDER BY relation_id LIMIT 2")
         run(engine, redis)
 
     cp.at("recount", lease_lost_then_a_manual_fix_and_another_run, counter=KEY)

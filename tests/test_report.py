@@ -1,4 +1,5 @@
 """Results and reports: the library's pure parts, no server needed."""
+
 import json
 
 from common.cache.members import Shard
@@ -25,13 +26,23 @@ def test_an_infinite_score_stays_valid_json():
 
 
 def test_a_report_totals_its_counters_and_tells_drift_and_failures():
-    ok = CounterResult("count:user:arts", scanned=10, wrong=2, changed=2, examples=[Drift("count:user:arts", "1", 3.0, 4)])
+    ok = CounterResult(
+        "count:user:arts", scanned=10, wrong=2, changed=2, examples=[Drift("count:user:arts", "1", 3.0, 4)]
+    )
     busy = CounterResult("count:art:liking", scanned=5, skipped=1)
     broken = CounterResult("count:art:comm", error="OperationalError: gone")
     report = Report([ok, busy, broken], dry_run=False, shard=Shard(1, 2), seconds=1.23456)
 
-    assert report.totals == {"scanned": 15, "wrong": 2, "added": 0, "changed": 2, "removed": 0, "skipped": 1,
-                             "fixed": 2, "seconds": 1.235}
+    assert report.totals == {
+        "scanned": 15,
+        "wrong": 2,
+        "added": 0,
+        "changed": 2,
+        "removed": 0,
+        "skipped": 1,
+        "fixed": 2,
+        "seconds": 1.235,
+    }
     assert report.drift
     assert report.failed == [broken]
     assert report.examples(5) == ok.examples

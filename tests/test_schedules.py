@@ -13,6 +13,7 @@ CI runs SCHEDULES=20 (the default); the longer run is by hand:
 Each schedule is seeded: its events and their order come from the seed; how they
 interleave with the processes they hit is up to the machine, which is the point.
 """
+
 import json
 import os
 import random
@@ -69,8 +70,9 @@ class Schedule:
 
     def start_run(self, *args):
         argv = ["stats", "fix", "--json", "--wait", "5", *args]
-        proc = subprocess.Popen(flask_cmd(*argv), cwd=ROOT, env=self.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            flask_cmd(*argv), cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.runs.append((argv, proc))
         self.log.append(" ".join(argv))
         return proc
@@ -117,9 +119,16 @@ class Schedule:
 
     def kill_connection(self):
         with self.engine.connect() as conn:
-            victims = conn.execute(text(  # a stream of a run on this schedule's database
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
-                "AND DB = DATABASE() AND INFO LIKE 'SELECT%GROUP BY%'")).scalars().all()
+            victims = (
+                conn.execute(
+                    text(  # a stream of a run on this schedule's database
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                        "AND DB = DATABASE() AND INFO LIKE 'SELECT%GROUP BY%'"
+                    )
+                )
+                .scalars()
+                .all()
+            )
             if victims:
                 victim = self.rng.choice(victims)
                 self.log.append(f"kill connection {victim}")
@@ -169,8 +178,14 @@ class Schedule:
             assert not any(line.startswith("Traceback") for line in err.splitlines()), (self.seed, argv, err[-3000:])
 
     def final_run(self):
-        result = subprocess.run(flask_cmd("stats", "fix", "--json", "--wait", "20"), cwd=ROOT, env=self.env(),
-                                capture_output=True, text=True, timeout=180)
+        result = subprocess.run(
+            flask_cmd("stats", "fix", "--json", "--wait", "20"),
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert result.returncode == 0, (self.seed, self.log, result.stderr[-3000:])
         return json.loads(result.stdout)
 
@@ -212,12 +227,12 @@ def test_a_random_schedule_ends_exact(seed, server, engine, config):
     # Writers cut off mid-request leave announcements; theirs expire (STATS_INFLIGHT_TTL=3).
     redis = server.client()
     seconds, _ = redis.time()
-    deadlines = [score for key in redis.scan_iter("{count:*}:inflight:ops") for _, score in
-                 redis.zscan_iter(key)]
+    deadlines = [score for key in redis.scan_iter("{count:*}:inflight:ops") for _, score in redis.zscan_iter(key)]
     if deadlines:
         wait_until(lambda: redis.time()[0] * 1000 > max(deadlines), timeout=10, what="announcements to expire")
-    again = subprocess.run(flask_cmd("stats", "fix", "--json"), cwd=ROOT, env=schedule.env(), capture_output=True,
-                           text=True, timeout=180)
+    again = subprocess.run(
+        flask_cmd("stats", "fix", "--json"), cwd=ROOT, env=schedule.env(), capture_output=True, text=True, timeout=180
+    )
     assert again.returncode == 0, (seed, again.stderr[-2000:])
     assert wrong_members(engine, redis) == {}, (seed, schedule.log)
     assert schedule.leftovers() == [] and not list(redis.scan_iter("{count:*}:inflight*")), seed

@@ -1,5 +1,6 @@
 """The models create exactly the original toutiao keys, so that what we measure and test
 is what a production toutiao database has: no index the original lacks."""
+
 import re
 
 import pytest
@@ -7,20 +8,34 @@ from sqlalchemy import text
 
 # The original DDL's keys, table by table: (kind, name, columns).
 ORIGINAL_KEYS = {
-    "user_basic": {("PRIMARY", "PRIMARY", ("user_id",)), ("UNIQUE", "mobile", ("mobile",)),
-                   ("UNIQUE", "user_name", ("user_name",))},
-    "user_relation": {("PRIMARY", "PRIMARY", ("relation_id",)),
-                      ("UNIQUE", "user_target", ("user_id", "target_user_id"))},
-    "news_article_basic": {("PRIMARY", "PRIMARY", ("article_id",)), ("KEY", "user_id", ("user_id",)),
-                           ("KEY", "article_status", ("status",))},
-    "news_collection": {("PRIMARY", "PRIMARY", ("collection_id",)),
-                        ("UNIQUE", "user_article", ("user_id", "article_id"))},
-    "news_attitude": {("PRIMARY", "PRIMARY", ("attitude_id",)),
-                      ("UNIQUE", "user_article", ("user_id", "article_id"))},
-    "news_comment": {("PRIMARY", "PRIMARY", ("comment_id",)), ("KEY", "article_id", ("article_id",)),
-                     ("KEY", "parent_id", ("parent_id",))},
-    "news_comment_liking": {("PRIMARY", "PRIMARY", ("liking_id",)),
-                            ("UNIQUE", "user_comment", ("user_id", "comment_id"))},
+    "user_basic": {
+        ("PRIMARY", "PRIMARY", ("user_id",)),
+        ("UNIQUE", "mobile", ("mobile",)),
+        ("UNIQUE", "user_name", ("user_name",)),
+    },
+    "user_relation": {
+        ("PRIMARY", "PRIMARY", ("relation_id",)),
+        ("UNIQUE", "user_target", ("user_id", "target_user_id")),
+    },
+    "news_article_basic": {
+        ("PRIMARY", "PRIMARY", ("article_id",)),
+        ("KEY", "user_id", ("user_id",)),
+        ("KEY", "article_status", ("status",)),
+    },
+    "news_collection": {
+        ("PRIMARY", "PRIMARY", ("collection_id",)),
+        ("UNIQUE", "user_article", ("user_id", "article_id")),
+    },
+    "news_attitude": {("PRIMARY", "PRIMARY", ("attitude_id",)), ("UNIQUE", "user_article", ("user_id", "article_id"))},
+    "news_comment": {
+        ("PRIMARY", "PRIMARY", ("comment_id",)),
+        ("KEY", "article_id", ("article_id",)),
+        ("KEY", "parent_id", ("parent_id",)),
+    },
+    "news_comment_liking": {
+        ("PRIMARY", "PRIMARY", ("liking_id",)),
+        ("UNIQUE", "user_comment", ("user_id", "comment_id")),
+    },
 }
 
 # Column types the original declares that a careless model gets wrong.

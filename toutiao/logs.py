@@ -5,6 +5,7 @@ terminal (cron, systemd, Kubernetes), text on a terminal. Structured values trav
 ``extra=fields(...)`` and become JSON keys or ``key=value`` pairs. Passwords in URLs
 are masked in every line.
 """
+
 import json
 import logging
 import sys
@@ -75,7 +76,7 @@ def _text_value(value) -> str:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value) or "-"
     text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in "\"=" for c in text) else text
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
 
 
 class _Handler(logging.StreamHandler):

@@ -7,6 +7,7 @@ failed run leaves ``stats_fix_last_success_timestamp_seconds`` of the last good 
 place, and a run that repaired no counter leaves the last per-counter values.
 See docs/operations.md for the alert rules.
 """
+
 from urllib.parse import urlparse
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway

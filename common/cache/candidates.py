@@ -9,6 +9,7 @@ gets ``attempts`` tries, one more round in the final pass, then is reported as s
 Candidates are re-read a full batch at a time: every re-count of a counter without an
 index on its member column is a table scan.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,7 +23,10 @@ from common.exceptions import LockLost, PreviousWriters
 
 # KEYS: counter, runs, track, inflight, canary. ARGV: lease, id, expected score ('' absent),
 # new count ('' remove). 1 written, 0 not quiet or changed, -1 lease lost, -2 old writers.
-_CAS = Lua(NOW + FENCE + """
+_CAS = Lua(
+    NOW
+    + FENCE
+    + """
 if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 0 end
@@ -32,7 +36,9 @@ if ARGV[3] == '' then
 elseif (not cur) or tonumber(cur) ~= tonumber(ARGV[3]) then return 0 end
 if ARGV[4] == '' then redis.call('ZREM', KEYS[1], ARGV[2]) else redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2]) end
 return 1
-""")
+"""
+)
+
 
 @dataclass
 class Candidate:
@@ -160,8 +166,11 @@ class Candidates:
         pipe = self.redis.pipeline(transaction=False)
         counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
         for cand, score, count in items:
-            _CAS(pipe, counter_keys, [self.lease, cand.member, "" if score is None else repr(score),
-                                      "" if count is None else str(count)])
+            _CAS(
+                pipe,
+                counter_keys,
+                [self.lease, cand.member, "" if score is None else repr(score), "" if count is None else str(count)],
+            )
         answers = pipe.execute()
         self.repair.at("write", members=[cand.member for cand, _, _ in items])
         for (cand, score, count), answer in zip(items, answers):
@@ -190,4 +199,3 @@ class Candidates:
             self.result.skip(cand.member)
         else:
             self.unresolved.append(cand.member)  # one more round in the final pass
-

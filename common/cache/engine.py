@@ -12,6 +12,7 @@ The run calls ``checkpoint(name, counter=..., run=..., shard=..., **context)`` a
 points named in :data:`CHECKPOINTS`; tests force interleavings there, and the protocol
 model (``common/cache/model/protocol.pml``) names its steps after them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -150,11 +151,13 @@ class RepairEngine:
 
     def _longest_first(self, counters) -> list:
         """Order counters by their current size, largest first, so short ones fill the tail."""
+
         def size(counter):
             try:
                 return self.redis.zcard(counter.key)
             except ResponseError:  # a key of the wrong type
                 return 0
+
         return sorted(counters, key=lambda c: -size(c))
 
     def _repair_reported(self, counter) -> CounterResult:
@@ -233,5 +236,10 @@ class RepairEngine:
 
     def at(self, name: str, counter=None, **context):
         """Call the injected checkpoint (see CHECKPOINTS)."""
-        self.checkpoint(name, counter=counter.key if counter is not None else None, run=self.token,
-                        shard=str(self.shard) if self.shard else None, **context)
+        self.checkpoint(
+            name,
+            counter=counter.key if counter is not None else None,
+            run=self.token,
+            shard=str(self.shard) if self.shard else None,
+            **context,
+        )

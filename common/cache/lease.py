@@ -18,6 +18,7 @@ Taking a lease also frees what runs whose leases are gone left behind (their tra
 late and staging keys, and a rebuild claim), with UNLINK: nothing is left to expire on
 its own, and no key of the protocol carries a TTL that an eviction policy could pick.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,7 +61,10 @@ end
 """
 
 # KEYS[1] = runs. ARGV: member, scope, ttl ms. Returns {1, dead runs freed} or {0, holder, ms left}.
-_ACQUIRE = Lua(NOW + _REAP + """
+_ACQUIRE = Lua(
+    NOW
+    + _REAP
+    + """
 local function split(scope)
   local index, total = string.match(scope, '^(%d+)/(%d+)$')
   return index, total
@@ -84,20 +88,27 @@ if ARGV[2] ~= 'check' then
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return {1, reaped}
-""")
+"""
+)
 
 # KEYS[1] = runs. ARGV: member, ttl ms. 1 renewed, 0 gone or expired.
-_RENEW = Lua(NOW + """
+_RENEW = Lua(
+    NOW
+    + """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if (not deadline) or tonumber(deadline) < now then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 return 1
-""")
+"""
+)
 
 # KEYS[1] = runs. ARGV: member, token, '1' to insist that nothing is left to recheck.
 # 1 released, 0 ids still wait in the late set, -1 the lease was lost before, -2 released
 # but a writer of the release before bumped the counter meanwhile (its canary has ids).
-_RELEASE = Lua(NOW + _REAP + """
+_RELEASE = Lua(
+    NOW
+    + _REAP
+    + """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local lost = (not deadline) or tonumber(deadline) < now
 if (not lost) and ARGV[3] == '1' and redis.call('SCARD', prefix .. 'late:' .. ARGV[2]) > 0 then return 0 end
@@ -110,7 +121,8 @@ if fixing_runs() == 0 then redis.call('UNLINK', prefix .. 'dirty') end
 if lost then return -1 end
 if old_writers then return -2 end
 return 1
-""")
+"""
+)
 
 #: Lua lines that end a write script with -1 unless the run's lease is live: every write
 #: script takes the counter's runs key as KEYS[2] and the run's lease member as ARGV[1].
@@ -121,8 +133,10 @@ if (not deadline) or tonumber(deadline) < now then return -1 end
 
 
 def previous_writers(key: str) -> str:
-    return (f"a writer with the previous increment script (web pods not yet upgraded) bumped {key} "
-            "during the run, so it may be off; finish rolling out the web app, then run the fix again")
+    return (
+        f"a writer with the previous increment script (web pods not yet upgraded) bumped {key} "
+        "during the run, so it may be off; finish rolling out the web app, then run the fix again"
+    )
 
 
 def scope_of(shard: Optional[Shard], dry_run: bool) -> str:
@@ -172,7 +186,9 @@ class Leases:
     def _try_all(self, counters) -> Optional[LockHeld]:
         legacy = self.redis.get(keys.LEGACY_LOCK) if self.scope != "check" else None
         if legacy:
-            return LockHeld(str(legacy).split(" ")[0], self.redis.pttl(keys.LEGACY_LOCK), "every counter (release before)")
+            return LockHeld(
+                str(legacy).split(" ")[0], self.redis.pttl(keys.LEGACY_LOCK), "every counter (release before)"
+            )
         for counter in counters:
             answer = _ACQUIRE(self.redis, [keys.runs(counter.key)], [self.member, self.scope, self.ttl_ms])
             if answer[0] != 1:

@@ -1,4 +1,5 @@
 """Member ids: what counts as one, the ids a pass has seen, and the shards they fall in."""
+
 from __future__ import annotations
 
 import re

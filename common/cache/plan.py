@@ -1,4 +1,5 @@
 """Query plans of the counters' source queries, for ``flask stats explain``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

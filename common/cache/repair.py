@@ -20,6 +20,7 @@ the quietness again (:mod:`common.cache.candidates`).
   (after a rebuild, whatever its shard), then the ids whose unannounced increments were
   left to this run, then give back the lease, atomically with no id left waiting.
 """
+
 from __future__ import annotations
 
 from common.cache import keys
@@ -36,24 +37,34 @@ _REMOVE = Lua(NOW + FENCE + "return redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
 # KEYS: counter, runs, staging. ARGV: lease, members written. UNLINK first, so the old
 # value is freed in the background rather than by RENAME's blocking DEL. Returns
 # {1, size of the old value (-1 when it was no sorted set)}; -1 lease lost; -3 staging short.
-_SWAP = Lua(NOW + FENCE + """
+_SWAP = Lua(
+    NOW
+    + FENCE
+    + """
 if redis.call('ZCARD', KEYS[3]) ~= tonumber(ARGV[2]) then return -3 end
 local old = -1
 if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then old = redis.call('ZCARD', KEYS[1]) end
 redis.call('UNLINK', KEYS[1])
 if tonumber(ARGV[2]) > 0 then redis.call('RENAME', KEYS[3], KEYS[1]) end
 return {1, old}
-""")
+"""
+)
 
 # KEYS: rebuild claim, runs. ARGV: lease, token. 1 claimed, 0 another run's, -1 lease lost.
-_CLAIM = Lua(NOW + FENCE + """
+_CLAIM = Lua(
+    NOW
+    + FENCE
+    + """
 if redis.call('SET', KEYS[1], ARGV[2], 'NX') then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then return 1 end
 return 0
-""")
+"""
+)
 
 # KEYS: inflight, inflight ops. ARGV: limit. Forget announcements whose writer is gone.
-_REAP_INFLIGHT = Lua(NOW + """
+_REAP_INFLIGHT = Lua(
+    NOW
+    + """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, op in ipairs(gone) do
   redis.call('ZREM', KEYS[2], op)
@@ -61,7 +72,8 @@ for _, op in ipairs(gone) do
   if redis.call('HINCRBY', KEYS[1], member, -1) <= 0 then redis.call('HDEL', KEYS[1], member) end
 end
 return #gone
-""")
+"""
+)
 
 #: Rounds of rechecking late ids before a release that keeps finding new ones gives up.
 LATE_ROUNDS = 50
@@ -234,8 +246,10 @@ class CounterRepair:
             if answer == -1:
                 raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
             if answer == -3:
-                raise StagingLost(f"the staging key {staging} lost members before the swap "
-                                  "(something freed it); the live counter was left as it was")
+                raise StagingLost(
+                    f"the staging key {staging} lost members before the swap "
+                    "(something freed it); the live counter was left as it was"
+                )
             swapped = True
             self.at("swap")
             old = answer[1]

@@ -1,5 +1,6 @@
 """What a repair found and changed: one record per wrong member, one result per counter,
 one report per run. The CLI renders them; nothing here prints."""
+
 from __future__ import annotations
 
 import math

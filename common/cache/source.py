@@ -1,5 +1,6 @@
 """The database side of a repair: each counter's query streamed in member order, and
 counts re-read for chosen ids. Every read is in autocommit, so it sees the latest commits."""
+
 from __future__ import annotations
 
 import logging
@@ -56,8 +57,9 @@ class Source:
             stmt = stmt.where(counter.member_column() % shard.total == shard.index)
         return stmt
 
-    def stream(self, counter, shard: Optional[Shard] = None,
-               on_snapshot: Callable[[], None] = lambda: None) -> Iterator[list]:
+    def stream(
+        self, counter, shard: Optional[Shard] = None, on_snapshot: Callable[[], None] = lambda: None
+    ) -> Iterator[list]:
         """Yield the counter's ``(id, count)`` rows in id order, in batches, from a reader thread.
 
         The database computes and sends the next batches (at most AHEAD) while the caller
@@ -83,8 +85,9 @@ class Source:
             try:
                 with self.connect() as conn:
                     if conn.dialect.name in ("mysql", "mariadb"):
-                        conn.exec_driver_sql(f"SET SESSION tmp_table_size = {TMP_TABLE_BYTES}, "
-                                             f"max_heap_table_size = {TMP_TABLE_BYTES}")
+                        conn.exec_driver_sql(
+                            f"SET SESSION tmp_table_size = {TMP_TABLE_BYTES}, max_heap_table_size = {TMP_TABLE_BYTES}"
+                        )
                     on_snapshot()
                     result = conn.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
                     try:

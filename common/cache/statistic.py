@@ -8,6 +8,7 @@ whose count is 0 is absent from the set.
 The app bumps counters through :mod:`common.cache.writes` (announce, commit, apply) and
 reads them with :meth:`Statistic.get` and :meth:`Statistic.get_many`.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Iterable
@@ -86,12 +87,10 @@ class UserArticlesCount(Statistic):
     """Articles a user has published (status approved), by author."""
 
     key = "count:user:arts"
-    covering_index = ("news_article_basic", ('status', 'user_id'))
+    covering_index = ("news_article_basic", ("status", "user_id"))
     stream_scan = Article
     query = (
-        select(Article.user_id, func.count())
-        .where(Article.status == Article.STATUS.APPROVED)
-        .group_by(Article.user_id)
+        select(Article.user_id, func.count()).where(Article.status == Article.STATUS.APPROVED).group_by(Article.user_id)
     )
 
 
@@ -99,7 +98,7 @@ class UserFollowingsCount(Statistic):
     """Users a user follows, by follower."""
 
     key = "count:user:followings"
-    covering_index = ("user_relation", ('relation', 'user_id'))
+    covering_index = ("user_relation", ("relation", "user_id"))
     stream_scan = Relation
     query = (
         select(Relation.user_id, func.count())
@@ -112,7 +111,7 @@ class UserFollowersCount(Statistic):
     """Followers a user has, by followed user."""
 
     key = "count:user:followers"
-    covering_index = ("user_relation", ('relation', 'target_user_id'))
+    covering_index = ("user_relation", ("relation", "target_user_id"))
     stream_scan = Relation
     query = (
         select(Relation.target_user_id, func.count())
@@ -125,11 +124,9 @@ class ArticleCollectingCount(Statistic):
     """Active collections of an article, by article."""
 
     key = "count:art:collecting"
-    covering_index = ("news_collection", ('is_deleted', 'article_id'))
+    covering_index = ("news_collection", ("is_deleted", "article_id"))
     query = (
-        select(Collection.article_id, func.count())
-        .where(Collection.is_deleted == 0)
-        .group_by(Collection.article_id)
+        select(Collection.article_id, func.count()).where(Collection.is_deleted == 0).group_by(Collection.article_id)
     )
 
 
@@ -137,20 +134,16 @@ class UserArticleCollectingCount(Statistic):
     """Articles a user keeps in active collections, by user."""
 
     key = "count:user:art:collecting"
-    covering_index = ("news_collection", ('is_deleted', 'user_id'))
+    covering_index = ("news_collection", ("is_deleted", "user_id"))
     stream_scan = Collection
-    query = (
-        select(Collection.user_id, func.count())
-        .where(Collection.is_deleted == 0)
-        .group_by(Collection.user_id)
-    )
+    query = select(Collection.user_id, func.count()).where(Collection.is_deleted == 0).group_by(Collection.user_id)
 
 
 class ArticleLikingCount(Statistic):
     """Likes of an article (attitude 1), by article."""
 
     key = "count:art:liking"
-    covering_index = ("news_attitude", ('attitude', 'article_id'))
+    covering_index = ("news_attitude", ("attitude", "article_id"))
     query = (
         select(Attitude.article_id, func.count())
         .where(Attitude.attitude == Attitude.ATTITUDE.LIKING)
@@ -162,7 +155,7 @@ class ArticleDislikeCount(Statistic):
     """Dislikes of an article (attitude 0; NULL is no attitude), by article."""
 
     key = "count:art:dislike"
-    covering_index = ("news_attitude", ('attitude', 'article_id'))
+    covering_index = ("news_attitude", ("attitude", "article_id"))
     query = (
         select(Attitude.article_id, func.count())
         .where(Attitude.attitude == Attitude.ATTITUDE.DISLIKE)
@@ -174,7 +167,7 @@ class UserLikedCount(Statistic):
     """Likes received on a user's articles (attitude 1), by author."""
 
     key = "count:user:liked"
-    covering_index = ("news_attitude", ('attitude', 'article_id'))
+    covering_index = ("news_attitude", ("attitude", "article_id"))
     # Likes are counted per article first, so the join looks articles up in article
     # order (sequential pages) instead of once per like in random order: 51 s -> 6 s
     # at a million users (bench/PLANS.md).
@@ -195,7 +188,7 @@ class CommentLikingCount(Statistic):
     """Active likes of a comment, by comment."""
 
     key = "count:comm:liking"
-    covering_index = ("news_comment_liking", ('is_deleted', 'comment_id'))
+    covering_index = ("news_comment_liking", ("is_deleted", "comment_id"))
     query = (
         select(CommentLiking.comment_id, func.count())
         .where(CommentLiking.is_deleted == 0)
@@ -207,7 +200,7 @@ class ArticleCommentCount(Statistic):
     """Approved comments on an article, replies included, by article."""
 
     key = "count:art:comm"
-    covering_index = ("news_comment", ('status', 'article_id'))
+    covering_index = ("news_comment", ("status", "article_id"))
     stream_scan = Comment
     query = (
         select(Comment.article_id, func.count())
@@ -220,7 +213,7 @@ class CommentReplyCount(Statistic):
     """Approved replies to a comment, by the comment replied to."""
 
     key = "count:art:reply"
-    covering_index = ("news_comment", ('status', 'parent_id'))
+    covering_index = ("news_comment", ("status", "parent_id"))
     stream_scan = Comment
     query = (
         select(Comment.parent_id, func.count())

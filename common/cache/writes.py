@@ -14,6 +14,7 @@ it. While a repair is fixing the counter it is not applied; the id is left to th
 repair (``{key}:late:<run>``), which reads it from the database before it lets go.
 With no repair running it is applied as usual.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -30,11 +31,14 @@ WRITER_STEPS = ("announce", "commit", "apply")
 #: then); it must be longer than any request, so longer than the web server's timeout.
 DEFAULT_TTL = 300.0
 
-_ANNOUNCE = Lua(NOW + """
+_ANNOUNCE = Lua(
+    NOW
+    + """
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2] .. ':' .. ARGV[1])
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1
-""")
+"""
+)
 
 _SETTLE = """
 local function settle(inflight, ops, op, member)
@@ -48,7 +52,10 @@ end
 # Settle the announcement; note the id for every live run; then increment, unless the
 # increment is unannounced and a fixing run will read the id from the database instead.
 # A count reaching 0 leaves the set. Returns 'applied', 'unannounced' or 'late'.
-_APPLY = Lua(NOW + _SETTLE + """
+_APPLY = Lua(
+    NOW
+    + _SETTLE
+    + """
 local announced = settle(KEYS[3], KEYS[4], ARGV[3], ARGV[1])
 local prefix = string.sub(KEYS[2], 1, -5)
 local fixing = false
@@ -66,12 +73,16 @@ if type(score) == 'table' and score.err then return score end
 if tonumber(score) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
 if announced then return 'applied' end
 return 'unannounced'
-""")
+"""
+)
 
-_RETRACT = Lua(_SETTLE + """
+_RETRACT = Lua(
+    _SETTLE
+    + """
 if settle(KEYS[1], KEYS[2], ARGV[2], ARGV[1]) then return 1 end
 return 0
-""")
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -108,8 +119,11 @@ def announce(redis, found: list, ttl: float = DEFAULT_TTL) -> Announcement:
     pipe = redis.pipeline(transaction=False)
     for index, delta in enumerate(announcement.deltas):
         key = delta.counter.key
-        _ANNOUNCE(pipe, [keys.inflight(key), keys.inflight_ops(key)],
-                  [str(delta.member_id), announcement._op(index), int(ttl * 1000)])
+        _ANNOUNCE(
+            pipe,
+            [keys.inflight(key), keys.inflight_ops(key)],
+            [str(delta.member_id), announcement._op(index), int(ttl * 1000)],
+        )
     pipe.execute()
     return announcement
 
@@ -127,8 +141,11 @@ def apply(redis, announcement: Announcement) -> list:
     pipe = redis.pipeline(transaction=False)
     for index, delta in enumerate(announcement.deltas):
         key = delta.counter.key
-        _APPLY(pipe, [key, keys.runs(key), keys.inflight(key), keys.inflight_ops(key)],
-               [str(delta.member_id), delta.amount, announcement._op(index)])
+        _APPLY(
+            pipe,
+            [key, keys.runs(key), keys.inflight(key), keys.inflight_ops(key)],
+            [str(delta.member_id), delta.amount, announcement._op(index)],
+        )
     announcement.outcomes = pipe.execute()
     return announcement.outcomes
 

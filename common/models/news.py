@@ -1,4 +1,5 @@
 """Articles and what users do to them: collect, like or dislike, comment."""
+
 from datetime import datetime
 
 from sqlalchemy import (

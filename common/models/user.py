@@ -1,4 +1,5 @@
 """Users and the relations between them (follow, blacklist)."""
+
 from datetime import datetime
 
 from sqlalchemy import (

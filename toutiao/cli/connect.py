@@ -1,4 +1,5 @@
 """Open the configured database and Redis, turning every failure into a one-line error."""
+
 from redis.exceptions import ReadOnlyError, RedisError
 from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -17,11 +18,12 @@ def connect_database(require_tables=False):
         raise ConfigError(str(exc)) from None
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(
-            f"DATABASE_URL is malformed ({_first_line(exc)}); "
-            "expected e.g. mysql+pymysql://user:pass@host:3306/toutiao"
+            f"DATABASE_URL is malformed ({_first_line(exc)}); expected e.g. mysql+pymysql://user:pass@host:3306/toutiao"
         ) from None
     except ImportError as exc:
-        raise ConfigError(f"DATABASE_URL names a driver that is not installed ({exc.name}); use mysql+pymysql://") from None
+        raise ConfigError(
+            f"DATABASE_URL names a driver that is not installed ({exc.name}); use mysql+pymysql://"
+        ) from None
     url = mask_url(engine.url.render_as_string(hide_password=True))
     try:
         with engine.connect() as conn:
@@ -58,8 +60,10 @@ def redis_failure(exc) -> RuntimeFailure:
     """Turn a Redis error met mid-command into a one-line runtime failure naming the server."""
     shown = mask_url(redis_client.description)
     if isinstance(exc, ReadOnlyError):
-        return RuntimeFailure(f"Redis at {shown} is a read-only replica (a failover?); "
-                              "point REDIS_URL at the master, or use REDIS_SENTINELS")
+        return RuntimeFailure(
+            f"Redis at {shown} is a read-only replica (a failover?); "
+            "point REDIS_URL at the master, or use REDIS_SENTINELS"
+        )
     return RuntimeFailure(f"Redis at {shown} failed: {_first_line(exc)}")
 
 

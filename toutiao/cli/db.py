@@ -1,4 +1,5 @@
 """``flask db``: manage the database schema."""
+
 import click
 from flask.cli import AppGroup
 

@@ -1,4 +1,5 @@
 """``flask demo``: fill an empty database with a sample and drift its counters."""
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
@@ -19,7 +20,10 @@ demo_cli = AppGroup("demo", help="Sample data for trying the app out.")
 def seed(users, reset):
     """Fill an empty database with a sample and leave its Redis counters drifted."""
     if reset and (current_app.config.get("DATABASE_URL") or current_app.config.get("REDIS_URL")):
-        raise ConfigError("--reset drops tables and counters, so it only works on the embedded defaults; unset DATABASE_URL and REDIS_URL")
+        raise ConfigError(
+            "--reset drops tables and counters, so it only works on the embedded defaults; "
+            "unset DATABASE_URL and REDIS_URL"
+        )
     engine = connect_database()
     redis = connect_redis()
     if reset:

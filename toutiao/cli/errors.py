@@ -1,4 +1,5 @@
 """Click exceptions carrying the documented exit codes, and the mapping to them."""
+
 import re
 from contextlib import contextmanager
 

@@ -1,4 +1,5 @@
 """``flask stats explain``: each counter's query plan and the index that would help it."""
+
 import click
 from flask.cli import with_appcontext
 

@@ -5,6 +5,7 @@ Commands wrap their body in :func:`observed_run`, which yields a :class:`Run`; t
 :meth:`Run.record` is the engine's ``on_result``. Both happen on success and on every
 failure.
 """
+
 import logging
 import threading
 import time
@@ -31,9 +32,19 @@ class Run:
     def record(self, result):
         """Log the structured line of one finished counter and keep it for the summary."""
         level = logging.ERROR if result.error else logging.INFO
-        values = dict(event="counter", counter=result.counter, mode=result.mode, scanned=result.scanned,
-                      wrong=result.wrong, fixed=result.fixed, added=result.added, changed=result.changed,
-                      removed=result.removed, skipped=result.skipped, seconds=round(result.seconds, 3))
+        values = dict(
+            event="counter",
+            counter=result.counter,
+            mode=result.mode,
+            scanned=result.scanned,
+            wrong=result.wrong,
+            fixed=result.fixed,
+            added=result.added,
+            changed=result.changed,
+            removed=result.removed,
+            skipped=result.skipped,
+            seconds=round(result.seconds, 3),
+        )
         if result.note:
             values["note"] = result.note
         if result.error:
@@ -101,6 +112,9 @@ def _push(url, run, status, finished):
     try:
         push_run(url, shard=run.shard, started=run.started, finished=finished, exit_status=status, results=run.results)
     except OSError as exc:  # a metrics outage must not change the run's outcome
-        log.warning("could not push metrics", extra=fields(event="metrics", url=mask_url(url), error=f"{type(exc).__name__}: {exc}"))
+        log.warning(
+            "could not push metrics",
+            extra=fields(event="metrics", url=mask_url(url), error=f"{type(exc).__name__}: {exc}"),
+        )
     else:
         log.info("pushed metrics", extra=fields(event="metrics", url=mask_url(url)))

@@ -4,6 +4,7 @@ Fed by the engine's ``on_progress(key, members)``. The estimate is the counter's
 when its reconcile pass starts. Nothing is drawn unless stderr is a terminal and logs
 are text: never in JSON or in output going to a file or a pipe.
 """
+
 import sys
 import threading
 import time

@@ -7,6 +7,7 @@ between batches exactly as it stops ``flask stats fix``. Only this command start
 scheduler: apscheduler is imported here, when it runs, never by the web app.
 See docs/operations.md for the systemd unit.
 """
+
 import logging
 import signal
 from datetime import datetime, timezone
@@ -153,7 +154,9 @@ def _timezone(name):
     try:
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError):
-        raise SettingError(f"STATS_TIMEZONE must be an IANA time zone such as Asia/Shanghai or UTC, got {name!r}") from None
+        raise SettingError(
+            f"STATS_TIMEZONE must be an IANA time zone such as Asia/Shanghai or UTC, got {name!r}"
+        ) from None
 
 
 def _trigger(expression, zone):
@@ -163,9 +166,7 @@ def _trigger(expression, zone):
     if len(fields) == 5 and any(c.isdigit() for c in fields[4]):
         # APScheduler counts weekdays from Monday (0), cron from Sunday: a number would
         # silently mean another day. Names mean the same day in both.
-        raise SettingError(
-            f"STATS_SCHEDULE must name weekdays (mon-fri, sun), not number them, got {expression!r}"
-        )
+        raise SettingError(f"STATS_SCHEDULE must name weekdays (mon-fri, sun), not number them, got {expression!r}")
     try:
         return CronTrigger.from_crontab(str(expression), timezone=zone)
     except (ValueError, TypeError) as exc:

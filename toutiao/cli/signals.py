@@ -1,4 +1,5 @@
 """Signal handlers installed for the span of a command and put back after it."""
+
 import signal
 import threading
 from contextlib import contextmanager

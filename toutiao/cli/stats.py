@@ -4,6 +4,7 @@ Exit codes: 0 success (``check``: no drift), 1 runtime failure, 2 bad usage or
 configuration, 3 ``check`` found drift, 75 another run holds a lease, 130/143 stopped by
 SIGINT/SIGTERM.
 """
+
 import json
 import logging
 import signal
@@ -90,7 +91,9 @@ def list_counters(as_json):
 
 @stats_cli.command("check")
 @_common_options
-@click.option("--examples", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Wrong members to show.")
+@click.option(
+    "--examples", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Wrong members to show."
+)
 def check(only, batch_size, jobs, shard, as_json, examples):
     """Compare every counter with the database and change nothing; exit 3 on drift."""
     with observed_run("check", shard=shard) as run:
@@ -103,7 +106,9 @@ def check(only, batch_size, jobs, shard, as_json, examples):
 
 @stats_cli.command("fix")
 @_common_options
-@click.option("--rebuild", is_flag=True, help="Rebuild every selected counter from scratch, then recheck what traffic touched.")
+@click.option(
+    "--rebuild", is_flag=True, help="Rebuild every selected counter from scratch, then recheck what traffic touched."
+)
 @click.option(
     "--wait",
     type=click.FloatRange(0, 86_400),
@@ -117,8 +122,9 @@ def fix(only, batch_size, jobs, shard, as_json, rebuild, wait):
     with observed_run("fix", shard=shard, push=True) as run:
         if rebuild and shard is not None:
             raise click.UsageError("--rebuild replaces whole keys and cannot be combined with --shard")
-        report = _run(run, only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, wait=wait,
-                      show_progress=not as_json)
+        report = _run(
+            run, only, batch_size, jobs, shard, dry_run=False, rebuild=rebuild, wait=wait, show_progress=not as_json
+        )
         _render(report, as_json, examples=0)
         _fail_if_broken(report)
 

@@ -4,6 +4,7 @@ Every write commits to the database first and only then bumps the Redis counters
 (see :mod:`toutiao.resources.transition`). Requests name their user with the
 ``X-User-Id`` header (see :mod:`toutiao.resources.auth`).
 """
+
 from werkzeug.exceptions import HTTPException
 
 

@@ -3,6 +3,7 @@
 The original toutiao verifies a JWT and puts the user id on ``g``; here the client
 sends the id itself. It is enough to drive the write path, and no protection at all.
 """
+
 import functools
 import re
 

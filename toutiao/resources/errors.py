@@ -1,4 +1,5 @@
 """Errors the API answers with a status code and a JSON body ``{"message": ...}``."""
+
 from flask import jsonify
 
 

@@ -1,4 +1,5 @@
 """Probes for the orchestrator: liveness without dependencies, readiness with them."""
+
 from flask import Blueprint
 from redis.exceptions import RedisError
 from sqlalchemy import text

@@ -1,5 +1,6 @@
 """Articles and comments: collect, like or dislike, comment and reply, like a comment;
 an article's counts."""
+
 import re
 
 from flask import Blueprint, g, request

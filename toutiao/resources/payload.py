@@ -1,4 +1,5 @@
 """The JSON the API reads and writes: ``{"message": "OK", "data": ...}`` as in the original app."""
+
 from flask import jsonify, request
 
 from toutiao.resources.errors import BadRequest

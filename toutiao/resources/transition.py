@@ -10,6 +10,7 @@ Before the commit the deltas are announced (:mod:`common.cache.writes`), so that
 ``flask stats fix`` running meanwhile waits for them instead of mistaking a committed
 row whose increment is on its way for drift.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,7 +67,9 @@ def commit_then_count(session, redis, change: Callable[[object], list[Delta]]) -
 def announce(redis, found: list[Delta]) -> writes.Announcement:
     """Announce the deltas of a change about to be committed; on a Redis failure, go on unannounced."""
     try:
-        return writes.announce(redis, found, ttl=float(current_app.config.get("STATS_INFLIGHT_TTL") or writes.DEFAULT_TTL))
+        return writes.announce(
+            redis, found, ttl=float(current_app.config.get("STATS_INFLIGHT_TTL") or writes.DEFAULT_TTL)
+        )
     except RedisError as exc:
         log.error("could not announce the counter deltas, committing without (%s): %s", exc, found)
         return writes.unannounced(found)

@@ -1,4 +1,5 @@
 """Users: follow, unfollow, blacklist; a user's counts."""
+
 from flask import Blueprint, g
 
 from common.cache.statistic import (
