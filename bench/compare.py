@@ -136,6 +136,15 @@ def median(runs, metric):
     return statistics.median(values) if values else None
 
 
+def figure(value) -> str:
+    """A median as the table shows it: whole counts with separators, measures to two decimals."""
+    if value is None:
+        return ""
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:,.2f}"
+
+
 METRICS = [
     ("wall time (s)", lambda r: r["wall_s"]),
     ("peak RSS (MB)", lambda r: r["rss_mb"]),
@@ -169,7 +178,7 @@ def render(results) -> str:
         for label, metric in METRICS:
             b, a = median(before, metric), median(after, metric)
             ratio = f"{a / b:.2f}" if a is not None and b else ""
-            lines.append(f"| {label} | {b if b is not None else ''} | {a if a is not None else ''} | {ratio} |")
+            lines.append(f"| {label} | {figure(b)} | {figure(a)} | {ratio} |")
         wall_b, wall_a = median(before, METRICS[0][1]), median(after, METRICS[0][1])
         verdict = "n/a"
         if wall_a is not None and wall_b:
