@@ -28,8 +28,8 @@ from bench.run import (
     check,
     contender_env,
     database_arguments,
-    database_facts,
     drift,
+    ensure_database,
     machine,
     restore_baseline,
     run_contender,
@@ -61,26 +61,7 @@ def main(argv=None):
     def log(text):
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    facts = database_facts(args)
-    if (facts.get("rows") or {}).get("user_basic") != args.users:
-        log(f"generating {args.database} at {args.users:,} users")
-        generate.main(
-            [
-                "--users",
-                str(args.users),
-                "--database",
-                args.database,
-                "--host",
-                args.host,
-                "--port",
-                str(args.port),
-                "--user",
-                args.user,
-                "--password",
-                args.password,
-            ]
-        )
-        facts = database_facts(args)
+    facts = ensure_database(args, log)
     before_dir = worktree(args.before)
     log(f"before: {args.before} in {before_dir}")
     code = machine()

@@ -665,6 +665,18 @@ def database_arguments(parser):
     parser.add_argument("--seed", type=int, default=2026, help="drift seed")
 
 
+def ensure_database(args, log, regenerate=False) -> dict:
+    """Generate the bench database at ``args.users`` unless it already holds them; return its facts."""
+    facts = database_facts(args)
+    if not regenerate and (facts.get("rows") or {}).get("user_basic") == args.users:
+        log(f"{args.database} already holds {args.users:,} users; reusing it")
+        return facts
+    log(f"generating {args.database} at {args.users:,} users")
+    connection = ["--host", args.host, "--port", str(args.port), "--user", args.user, "--password", args.password]
+    generate.main(["--users", str(args.users), "--database", args.database, *connection])
+    return database_facts(args)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000, help="scale [1000000]")
@@ -690,27 +702,7 @@ def main(argv=None):
     def log(text):
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    facts = database_facts(args)
-    if args.regenerate or (facts.get("rows") or {}).get("user_basic") != args.users:
-        log(f"generating {args.database} at {args.users:,} users")
-        gen_args = [
-            "--users",
-            str(args.users),
-            "--database",
-            args.database,
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-            "--user",
-            args.user,
-            "--password",
-            args.password,
-        ]
-        generate.main(gen_args)
-        facts = database_facts(args)
-    else:
-        log(f"{args.database} already holds {args.users:,} users; reusing it (--regenerate to rebuild)")
+    facts = ensure_database(args, log, regenerate=args.regenerate)
 
     code = machine()  # the code under test, as the run starts
     database_url = generate.database_url(args.host, args.port, args.user, args.password, args.database)
