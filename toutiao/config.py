@@ -56,6 +56,9 @@ class Config:
         self.JWT_EXPIRY_HOURS = env("JWT_EXPIRY_HOURS", "2")
         #: Days a refresh token lives.
         self.JWT_REFRESH_DAYS = env("JWT_REFRESH_DAYS", "14")
+        #: Bytes a request body may have; a longer one is refused with 413 before it is read
+        #: (applied per request by the API, see toutiao/resources, so Flask never sees the text).
+        self.MAX_CONTENT_LENGTH = env("MAX_CONTENT_LENGTH", "16384")
 
 
 #: The numeric settings: (type, least, most). A value outside, or not finite, is refused.
@@ -67,6 +70,7 @@ NUMBERS = {
     "STATS_INFLIGHT_TTL": (float, 1, 86_400),
     "JWT_EXPIRY_HOURS": (int, 1, 24 * 30),
     "JWT_REFRESH_DAYS": (int, 1, 365),
+    "MAX_CONTENT_LENGTH": (int, 1024, 16 * 1024 * 1024),
 }
 
 
