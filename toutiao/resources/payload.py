@@ -16,7 +16,14 @@ MAX_ID = 2**63 - 1
 
 
 def body() -> dict:
-    """Return the request's JSON object."""
+    """Return the request's JSON object; 413 if it is over the request's max_content_length."""
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    # A body without Content-Length (chunked) is cut off at the limit rather than refused
+    # (Werkzeug's LimitedStream): refuse it here if anything follows the cut.
+    cut = request.content_length is None and limit is not None and len(data) >= limit
+    if cut and request.environ["wsgi.input"].read(1):
+        raise exceptions.RequestEntityTooLarge()
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise BadRequest("send a JSON object with Content-Type: application/json")
