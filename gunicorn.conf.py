@@ -5,7 +5,7 @@ front of the pods, so gunicorn bounds what one client can hold on its own.
 """
 
 from toutiao.config import Config, SettingError
-from toutiao.tokens import require_secret
+from toutiao.resources import check_web_settings
 
 # Slow clients. A sync worker serves one connection at a time: one client trickling its
 # headers blocks it, and as many such clients as workers take the app down (measured with
@@ -38,8 +38,8 @@ limit_request_field_size = 8190
 
 
 def on_starting(server):
-    """Refuse to start the web app on real servers without a usable JWT_SECRET."""
+    """Refuse to start the web app without usable web settings (JWT_SECRET on real servers)."""
     try:
-        require_secret(Config().__dict__)
+        check_web_settings(Config().__dict__)
     except SettingError as exc:
         raise RuntimeError(str(exc)) from None

@@ -182,13 +182,24 @@ def test_a_token_signed_with_the_previous_secret_is_accepted_while_rotating(user
     assert_refused(follow(create_app(config).test_client(), as_user(old, A)), 401, "signature")
 
 
-@pytest.mark.parametrize("secret", [None, "", "short"])
-def test_the_web_app_refuses_to_serve_real_servers_without_a_usable_jwt_secret(config, caplog, secret):
-    config.JWT_SECRET = secret
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("JWT_SECRET", None),
+        ("JWT_SECRET", ""),
+        ("JWT_SECRET", "short"),
+        ("JWT_PREVIOUS_SECRET", "short"),
+        ("JWT_EXPIRY_HOURS", "0"),
+        ("JWT_EXPIRY_HOURS", "2.5"),
+        ("JWT_REFRESH_DAYS", "inf"),
+    ],
+)
+def test_the_web_app_refuses_to_serve_with_an_unusable_jwt_setting(config, caplog, setting, value):
+    setattr(config, setting, value)
     response = create_app(config).test_client().get("/healthz")
     assert response.status_code == 500
-    assert "JWT_SECRET" not in response.get_json()["message"]
-    assert "JWT_SECRET" in caplog.text
+    assert setting not in response.get_json()["message"]
+    assert setting in caplog.text
 
 
 def test_the_embedded_defaults_serve_with_a_generated_secret_shared_by_every_app(tmp_path, monkeypatch):

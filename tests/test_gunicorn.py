@@ -197,9 +197,17 @@ def auth_headers():
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
-@pytest.mark.parametrize("secret", [None, "short"])
-def test_gunicorn_does_not_start_on_real_servers_without_a_usable_jwt_secret(tmp_path, secret):
-    gunicorn = Gunicorn(tmp_path, env={"JWT_SECRET": secret})
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"JWT_SECRET": None}, "JWT_SECRET"),
+        ({"JWT_SECRET": "short"}, "JWT_SECRET"),
+        ({"JWT_EXPIRY_HOURS": "0"}, "JWT_EXPIRY_HOURS"),
+        ({"MAX_CONTENT_LENGTH": "lots"}, "MAX_CONTENT_LENGTH"),
+    ],
+)
+def test_gunicorn_does_not_start_with_an_unusable_web_setting(tmp_path, env, named):
+    gunicorn = Gunicorn(tmp_path, env=env)
     result = subprocess.run(gunicorn.args, cwd=ROOT, env=gunicorn.env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
-    assert "JWT_SECRET" in result.stderr
+    assert named in result.stderr

@@ -10,6 +10,7 @@ import logging
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from toutiao import tokens
 from toutiao.config import SettingError, number
 from toutiao.resources.payload import IdConverter
 
@@ -33,14 +34,26 @@ def register(app):
     app.register_error_handler(SettingError, misconfigured)
 
 
+#: The numeric settings only the web app reads.
+WEB_NUMBERS = ("JWT_EXPIRY_HOURS", "JWT_REFRESH_DAYS", "MAX_CONTENT_LENGTH")
+
+
+def check_web_settings(config) -> None:
+    """Raise SettingError naming the first web-only setting that cannot be used."""
+    tokens.require_secret(config)
+    for name in WEB_NUMBERS:
+        number(config, name)
+
+
 def configured():
-    """Refuse to serve without the web app's settings; bound the request body.
+    """Refuse to serve without usable web settings; bound the request body.
 
     Checked per request rather than in the factory so that the ``flask stats`` commands,
-    which build the same app, neither need nor read them.
+    which build the same app, neither need nor check them.
     """
     from toutiao.resources.auth import signing_keys
 
+    check_web_settings(current_app.config)
     signing_keys()
     request.max_content_length = number(current_app.config, "MAX_CONTENT_LENGTH")
 
