@@ -125,7 +125,9 @@ def _hmac_with_public_key(claims):
 def test_a_request_without_a_valid_access_token_is_401_and_changes_nothing(
     users, app, client, engine, headers, fragment
 ):
-    assert_refused(follow(client, headers(app)), 401, fragment)
+    response = follow(client, headers(app))
+    assert_refused(response, 401, fragment)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert followings(engine) == []
 
 

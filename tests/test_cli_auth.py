@@ -63,3 +63,15 @@ def test_stats_fix_runs_on_real_servers_without_reading_jwt_secret(drifted, redi
     result = invoke(config, ["stats", "fix"], JWT_SECRET=secret, JWT_EXPIRY_HOURS="not a number")
     assert result.exit_code == 0, result.output
     assert wrong_members(drifted, redis) == {}
+
+
+def test_auth_token_on_the_embedded_defaults_is_accepted_by_another_app_there(tmp_path, monkeypatch):
+    """The generated secret lives in the instance folder: the CLI and every worker share it."""
+    monkeypatch.setenv("TOUTIAO_INSTANCE_PATH", str(tmp_path))
+    for name in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_PREVIOUS_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    result = create_app().test_cli_runner().invoke(args=["auth", "token", "7"])
+    assert result.exit_code == 0, result.output
+    server = create_app()
+    assert tokens.verify(result.stdout.strip(), tokens.keys(server.config, server.instance_path)) == 7
+    assert (tmp_path / tokens.DEV_SECRET_FILE).read_text() not in result.stdout
