@@ -1,6 +1,10 @@
 """Bearer tokens on the API: only a valid HS256 access token of an enabled user gets in,
 and a refresh token buys a new access token, on the real MariaDB and Redis."""
 
+import base64
+import hashlib
+import hmac
+import json
 from datetime import datetime, timedelta, timezone
 
 import jwt
@@ -108,10 +112,6 @@ BAD_TOKENS = {
 def _hmac_with_public_key(claims):
     """HS256 keyed with the RSA public key: the algorithm confusion attack. PyJWT refuses to
     sign with a PEM key as an HMAC secret, so the signature is computed by hand."""
-    import base64
-    import hashlib
-    import hmac
-    import json
 
     def b64(data):
         return base64.urlsafe_b64encode(data).rstrip(b"=")

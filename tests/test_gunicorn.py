@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import jwt
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -150,7 +151,7 @@ def test_a_request_answers_within_a_second_while_20_clients_trickle(server, engi
         assert conn.execute(select(Relation.user_id, Relation.target_user_id)).all() == [(1, 2)]
 
 
-def test_a_sync_worker_gets_no_answer_out_behind_the_same_slow_clients(tmp_path, engine, redis):
+def test_a_sync_worker_gets_no_answer_within_a_second_behind_the_same_slow_clients(tmp_path, engine, redis):
     """The same measurement against gunicorn's default worker: it fails, so the test above can."""
     gunicorn = Gunicorn(tmp_path, "--worker-class=sync", "--threads=1").start()
     try:
@@ -191,8 +192,6 @@ def test_a_chunked_body_over_max_content_length_is_413(server):
 
 
 def auth_headers():
-    import jwt
-
     token = jwt.encode({"user_id": 1, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
