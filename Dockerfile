@@ -29,6 +29,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY manage.py ./
+# gunicorn reads gunicorn.conf.py from the working directory (worker class, timeouts, limits).
+COPY gunicorn.conf.py ./
 COPY common/ common/
 COPY toutiao/ toutiao/
 RUN python -m compileall -q /app

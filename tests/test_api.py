@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from common.models import Article, Comment, Relation, User
 from tests.expected import KEYS, actual, expected, wrong_members
+from tests.tokens import as_user
 from toutiao import create_app
 
 A, B, AUTHOR, CLOSED_AUTHOR, DISABLED = 1, 2, 3, 4, 5
@@ -58,7 +59,7 @@ def world(engine, redis):
 
 def send(client, step, user=A):
     method, url, body = step
-    headers = {} if user is None else {"X-User-Id": str(user)}
+    headers = {} if user is None else as_user(client.application, user)
     return client.open(url, method=method, json=body, headers=headers)
 
 
@@ -187,9 +188,8 @@ def test_a_request_moves_exactly_its_counters(world, client, engine, redis, earl
 
 # name: (earlier steps, the step, the user sending it, its status)
 REFUSALS = {
-    "no X-User-Id": ([], follow(), None, 401),
-    "an X-User-Id that is not an id": ([], follow(), "abc", 401),
-    "an X-User-Id naming no user": ([], follow(), 999, 401),
+    "no token": ([], follow(), None, 401),
+    "a token naming no user": ([], follow(), 999, 401),
     "a disabled user": ([], follow(), DISABLED, 403),
     "no JSON body": ([], ("POST", "/v1_0/user/followings", None), A, 400),
     "a JSON body that is not an object": ([], ("POST", "/v1_0/user/followings", [B]), A, 400),

@@ -8,6 +8,7 @@ import time
 from sqlalchemy import select
 
 from common.models import Article, Comment, User
+from tests.tokens import as_user
 
 #: Writer threads a Traffic starts.
 WRITERS = 4
@@ -54,10 +55,11 @@ class Traffic:
 
     def _write(self, rng):
         client = self.app.test_client()
+        headers = {user: as_user(self.app, user) for user in self.users}
         while not self.stop.is_set():
             user = rng.choice(self.users)
             for method, url, body, allowed in self._action(rng, user):
-                response = client.open(url, method=method, json=body, headers={"X-User-Id": str(user)})
+                response = client.open(url, method=method, json=body, headers=headers[user])
                 with self._lock:
                     self.sent += 1
                     if response.status_code not in allowed:

@@ -47,6 +47,18 @@ class Config:
         self.STATS_SCHEDULE = env("STATS_SCHEDULE", "0 3 * * *")
         #: The IANA time zone STATS_SCHEDULE is read in, e.g. Asia/Shanghai.
         self.STATS_TIMEZONE = env("STATS_TIMEZONE", "UTC")
+        #: The web app's secret for signing tokens (HS256, at least 32 characters); required
+        #: outside the embedded defaults. The ``flask stats`` commands never read it.
+        self.JWT_SECRET = env("JWT_SECRET") or None
+        #: The secret JWT_SECRET replaced: tokens it signed are still accepted, none is signed with it.
+        self.JWT_PREVIOUS_SECRET = env("JWT_PREVIOUS_SECRET") or None
+        #: Hours an access token lives.
+        self.JWT_EXPIRY_HOURS = env("JWT_EXPIRY_HOURS", "2")
+        #: Days a refresh token lives.
+        self.JWT_REFRESH_DAYS = env("JWT_REFRESH_DAYS", "14")
+        #: Bytes a request body may have; a longer one is refused with 413 before it is read
+        #: (applied per request by the API, see toutiao/resources, so Flask never sees the text).
+        self.MAX_CONTENT_LENGTH = env("MAX_CONTENT_LENGTH", "16384")
 
 
 #: The numeric settings: (type, least, most). A value outside, or not finite, is refused.
@@ -56,6 +68,9 @@ NUMBERS = {
     "STATS_SETTLE_SECONDS": (float, 0, 60),
     "STATS_LOCK_TTL": (float, 1, 86_400),
     "STATS_INFLIGHT_TTL": (float, 1, 86_400),
+    "JWT_EXPIRY_HOURS": (int, 1, 24 * 30),
+    "JWT_REFRESH_DAYS": (int, 1, 365),
+    "MAX_CONTENT_LENGTH": (int, 1024, 16 * 1024 * 1024),
 }
 
 
@@ -87,3 +102,5 @@ class TestConfig(Config):
         # A developer's deployment settings must not leak into the tests; tests that need
         # a sentinel or a Pushgateway set these themselves.
         self.REDIS_SENTINELS = self.REDIS_SENTINEL_SERVICE_NAME = self.PUSHGATEWAY_URL = None
+        self.JWT_SECRET = "test-only secret, never deployed: " + "x" * 32
+        self.JWT_PREVIOUS_SECRET = None

@@ -7,6 +7,8 @@ class ApiError(Exception):
     """A request the API refuses; raising it inside a transition rolls the transition back."""
 
     status = 400
+    #: Response headers the status calls for.
+    headers = {}
 
     def __init__(self, message):
         super().__init__(message)
@@ -19,6 +21,8 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
+    # RFC 6750: a 401 names the scheme that would be accepted.
+    headers = {"WWW-Authenticate": 'Bearer realm="toutiao"'}
 
 
 class Forbidden(ApiError):
@@ -36,7 +40,7 @@ class Conflict(ApiError):
 
 
 def api_error(exc: ApiError):
-    return jsonify(message=exc.message), exc.status
+    return jsonify(message=exc.message), exc.status, exc.headers
 
 
 def http_error(exc):

@@ -19,7 +19,7 @@ from common.models import Article, Attitude, Collection, Comment, CommentLiking
 from toutiao.extensions import database, redis_client
 from toutiao.resources.auth import login_required
 from toutiao.resources.errors import BadRequest, Forbidden, NotFound
-from toutiao.resources.payload import body, id_field, ok, text_field
+from toutiao.resources.payload import MAX_ID, body, id_field, ok, text_field, valid_id
 from toutiao.resources.transition import commit_then_count, deltas, set_state
 
 bp = Blueprint("news", __name__, url_prefix="/v1_0")
@@ -37,6 +37,9 @@ COUNTS = {
 
 #: Articles one counts request may ask for.
 MAX_COUNTS_IDS = 100
+
+#: Characters a comment may have: its column's length (VARCHAR(200) as in the original).
+COMMENT_LENGTH = Comment.__table__.c.content.type.length
 
 _ID = re.compile(r"^[1-9][0-9]{0,19}$")
 
@@ -145,7 +148,7 @@ def collect():
     return ok({"target": target}, 201)
 
 
-@bp.delete("/article/collections/<int:target>")
+@bp.delete("/article/collections/<id:target>")
 @login_required
 def uncollect(target):
     refuse = {DELETED: f"article {target} is not collected"}
@@ -163,7 +166,7 @@ def like():
     return ok({"target": target}, 201)
 
 
-@bp.delete("/article/likings/<int:target>")
+@bp.delete("/article/likings/<id:target>")
 @login_required
 def cancel_like(target):
     refuse = {None: f"article {target} is not liked", DISLIKE: f"article {target} is not liked"}
@@ -181,7 +184,7 @@ def dislike():
     return ok({"target": target}, 201)
 
 
-@bp.delete("/article/dislikes/<int:target>")
+@bp.delete("/article/dislikes/<id:target>")
 @login_required
 def cancel_dislike(target):
     refuse = {None: f"article {target} is not disliked", LIKING: f"article {target} is not disliked"}
@@ -194,7 +197,7 @@ def cancel_dislike(target):
 def comment():
     """Comment on article ``target``, or, with ``art_id``, reply to comment ``target`` on it."""
     data = body()
-    target, content = id_field(data), text_field(data, "content")
+    target, content = id_field(data), text_field(data, "content", COMMENT_LENGTH)
     if data.get("art_id") is None:
         article_id, parent_id = target, None
     else:
@@ -212,7 +215,7 @@ def like_comment():
     return ok({"target": target}, 201)
 
 
-@bp.delete("/comment/likings/<int:target>")
+@bp.delete("/comment/likings/<id:target>")
 @login_required
 def unlike_comment(target):
     refuse = {DELETED: f"comment {target} is not liked"}
@@ -220,7 +223,7 @@ def unlike_comment(target):
     return ok(status=204)
 
 
-@bp.get("/articles/<int:article_id>/counts")
+@bp.get("/articles/<id:article_id>/counts")
 def one_article_counts(article_id):
     approved_article(database.session, article_id)
     return ok(article_counts(redis_client.client, [article_id])[0])
@@ -230,7 +233,7 @@ def one_article_counts(article_id):
 def many_article_counts():
     """The counts of ``?ids=1,2,3`` (a feed page) in one read per counter; unknown ids count 0."""
     raw = [part.strip() for part in request.args.get("ids", "").split(",")]
-    if not 0 < len(raw) <= MAX_COUNTS_IDS or not all(_ID.match(part) for part in raw):
-        raise BadRequest(f"'ids' must be 1 to {MAX_COUNTS_IDS} comma-separated article ids")
-    ids = [int(part) for part in raw]
+    ids = [int(part) if _ID.match(part) else 0 for part in raw]
+    if not 0 < len(ids) <= MAX_COUNTS_IDS or not all(valid_id(i) for i in ids):
+        raise BadRequest(f"'ids' must be 1 to {MAX_COUNTS_IDS} comma-separated article ids from 1 to {MAX_ID}")
     return ok([{"art_id": i} | counts for i, counts in zip(ids, article_counts(redis_client.client, ids))])

@@ -59,7 +59,7 @@ def follow():
     return ok({"target": target}, 201)
 
 
-@bp.delete("/user/followings/<int:target>")
+@bp.delete("/user/followings/<id:target>")
 @login_required
 def unfollow(target):
     refuse = {NONE: f"not following user {target}", BLACKLIST: f"not following user {target}"}
@@ -77,7 +77,7 @@ def blacklist():
     return ok({"target": target}, 201)
 
 
-@bp.delete("/user/blacklists/<int:target>")
+@bp.delete("/user/blacklists/<id:target>")
 @login_required
 def unblacklist(target):
     refuse = {NONE: f"user {target} is not blacklisted", FOLLOW: f"user {target} is not blacklisted"}
@@ -85,7 +85,7 @@ def unblacklist(target):
     return ok(status=204)
 
 
-@bp.get("/users/<int:user_id>/counts")
+@bp.get("/users/<id:user_id>/counts")
 def user_counts(user_id):
     if database.session.get(User, user_id) is None:
         raise NotFound(f"no user {user_id}")
