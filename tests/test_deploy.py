@@ -47,7 +47,13 @@ OLDEST_KUBERNETES = "1.29.0"
 #: From the issue's benchmark at 1M users: the old way's seconds and the new way's peak RSS target.
 OLD_WAY_SECONDS = 330
 PEAK_RSS_TARGET = 100 * 1024 * 1024
-SECRET = "toutiao-secrets"
+#: One Secret per workload: the web app's, and the stats fix's (SELECT-only database account,
+#: `stats` Redis user). Required keys have no `optional`: a pod without a URL would fall
+#: back to the embedded stack.
+WEB_SECRET = "toutiao-web-secrets"
+STATS_SECRET = "toutiao-stats-secrets"
+WEB_KEYS = {"DATABASE_URL": False, "REDIS_URL": False, "JWT_SECRET": False, "JWT_PREVIOUS_SECRET": True}
+STATS_KEYS = {"DATABASE_URL": False, "REDIS_URL": False}
 INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 KUSTOMIZATIONS = kustomizations()
@@ -171,16 +177,29 @@ def test_kustomization_uses_labels_not_common_labels(directory):
     assert "commonLabels" not in (K8S / directory / "kustomization.yaml").read_text()
 
 
+def secret_refs(container) -> dict:
+    """{variable: secretKeyRef} of a container's environment; no Secret is read whole."""
+    assert not [source for source in container.get("envFrom", []) if "secretRef" in source]
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def expected_refs(secret, keys) -> dict:
+    return {
+        key: {"name": secret, "key": key, **({"optional": True} if optional else {})} for key, optional in keys.items()
+    }
+
+
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
-def test_no_secret_is_committed_and_the_urls_come_from_the_secret(directory):
+def test_no_secret_is_committed_and_each_workload_reads_only_its_own(directory):
     objects = render(directory)
     assert not [o for o in objects if o["kind"] == "Secret"]
     for obj in workloads(objects):
+        web = obj["kind"] == "Deployment"
+        expected = expected_refs(WEB_SECRET, WEB_KEYS) if web else expected_refs(STATS_SECRET, STATS_KEYS)
         for container in pod_spec(obj)["containers"]:
-            from_secret = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in from_secret}
-            # Required keys (no `optional`): a pod without a URL would fall back to the embedded stack.
-            assert refs == {name: {"name": SECRET, "key": name} for name in ("DATABASE_URL", "REDIS_URL")}
+            assert secret_refs(container) == expected, obj["metadata"]["name"]
 
 
 # -- what every pod looks like -----------------------------------------------------------
@@ -388,8 +407,10 @@ def drifted_stack(drifted, redis):
 
 @pytest.fixture
 def secrets(config):
-    """The Secret's values: the test servers."""
-    return {SECRET: {"DATABASE_URL": config.DATABASE_URL, "REDIS_URL": config.REDIS_URL}}
+    """The Secrets' values: the test servers (tests/test_least_privilege.py runs the fix as
+    the restricted accounts), and a signing key for the web app."""
+    urls = {"DATABASE_URL": config.DATABASE_URL, "REDIS_URL": config.REDIS_URL}
+    return {WEB_SECRET: {**urls, "JWT_SECRET": "test-signing-key-" + "x" * 32}, STATS_SECRET: urls}
 
 
 def run_container(objects, obj, secrets, pod_fields=None):
