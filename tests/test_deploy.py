@@ -395,6 +395,132 @@ def test_indexed_backfill_runs_one_shard_per_index():
     assert argv == ["flask", "stats", "fix", "--shard", f"I/{spec['completions']}", "--wait", "180"]
 
 
+# -- network policies ------------------------------------------------------------------------
+
+
+def selects(selector, labels) -> bool:
+    """Tell whether a label selector (matchLabels, matchExpressions with In) selects ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def pod_labels(obj) -> dict:
+    template = obj["spec"]["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else obj["spec"]["template"]
+    return template["metadata"]["labels"]
+
+
+def policies_of(objects, labels, policy_type) -> list:
+    """The NetworkPolicies of a type that select a pod with ``labels``."""
+    return [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+        and policy_type in o["spec"]["policyTypes"]
+        and selects(o["spec"]["podSelector"], labels)
+    ]
+
+
+def allowed_egress(objects, labels) -> list:
+    """Every (peer, protocol, port) a pod with ``labels`` may connect to, in a stable order."""
+    allowed = []
+    for policy in policies_of(objects, labels, "Egress"):
+        for rule in policy["spec"].get("egress", []):
+            for peer in rule["to"]:
+                for port in rule["ports"]:
+                    allowed.append((yaml.safe_dump(peer, sort_keys=True), port["protocol"], port["port"]))
+    return sorted(allowed)
+
+
+def peer(namespace, **labels) -> str:
+    selector = {"podSelector": {"matchLabels": labels}}
+    if namespace:
+        selector["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return yaml.safe_dump(selector, sort_keys=True)
+
+
+KUBE_DNS = peer("kube-system", **{"k8s-app": "kube-dns"})
+PROD_WEB_EGRESS = sorted(
+    [
+        (KUBE_DNS, "UDP", 53),
+        (KUBE_DNS, "TCP", 53),
+        (peer("databases", **{"app.kubernetes.io/name": "mysql"}), "TCP", 3306),
+        (peer("redis", **{"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "server"}), "TCP", 6379),
+        (peer("redis", **{"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "sentinel"}), "TCP", 26379),
+    ]
+)
+PROD_PUSHGATEWAY = (peer("monitoring", **{"app.kubernetes.io/name": "prometheus-pushgateway"}), "TCP", 9091)
+
+
+def prod_workloads() -> list:
+    """The prod overlay's app, with its backfills, as they run side by side in its namespace."""
+    objects = render("overlays/prod")
+    jobs = [
+        o for d in ("overlays/prod/backfill-rebuild", "overlays/prod/backfill-indexed") for o in workloads(render(d))
+    ]
+    return objects, workloads(objects) + jobs
+
+
+def test_prod_web_pods_accept_connections_on_their_container_port_only():
+    objects, _ = prod_workloads()
+    web = only(objects, "Deployment", "toutiao-web")
+    (policy,) = policies_of(objects, pod_labels(web), "Ingress")
+    port = only_container(web)["ports"][0]["containerPort"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port}]}]
+
+
+def test_prod_stats_pods_accept_no_connection():
+    objects, pods = prod_workloads()
+    stats = [o for o in pods if o["kind"] in ("Job", "CronJob")]
+    assert {pod_labels(o)["app.kubernetes.io/component"] for o in stats} == {
+        "stats-fix",
+        "stats-fix-shards",
+        "stats-rebuild",
+    }
+    for obj in stats:
+        policies = policies_of(objects, pod_labels(obj), "Ingress")
+        assert len(policies) == 1, obj["metadata"]["name"]
+        assert policies[0]["spec"].get("ingress", []) == []
+
+
+def test_prod_web_pods_reach_only_dns_the_database_redis_and_its_sentinels():
+    objects, _ = prod_workloads()
+    assert allowed_egress(objects, pod_labels(only(objects, "Deployment", "toutiao-web"))) == PROD_WEB_EGRESS
+
+
+def test_prod_stats_pods_reach_only_dns_the_database_redis_its_sentinels_and_the_pushgateway():
+    objects, pods = prod_workloads()
+    for obj in (o for o in pods if o["kind"] in ("Job", "CronJob")):
+        assert allowed_egress(objects, pod_labels(obj)) == sorted([*PROD_WEB_EGRESS, PROD_PUSHGATEWAY])
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_network_policies_select_only_toutiao_pods(directory):
+    stranger = {"app.kubernetes.io/name": "mysql", "app.kubernetes.io/component": "web"}
+    objects = render(directory)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert len(policies) == 6
+    assert not [p["metadata"]["name"] for p in policies if selects(p["spec"]["podSelector"], stranger)]
+
+
+def test_dev_reaches_the_stack_in_its_own_namespace():
+    objects = render("overlays/dev")
+    web = only(objects, "Deployment", "toutiao-web")
+    assert allowed_egress(objects, pod_labels(web)) == sorted(
+        [
+            (KUBE_DNS, "UDP", 53),
+            (KUBE_DNS, "TCP", 53),
+            (peer(None, **{"app.kubernetes.io/name": "mysql"}), "TCP", 3306),
+            (peer(None, **{"app.kubernetes.io/name": "redis"}), "TCP", 6379),
+            (peer(None, **{"app.kubernetes.io/name": "redis"}), "TCP", 26379),
+        ]
+    )
+
+
 # -- the manifests run what they say -----------------------------------------------------------
 
 
