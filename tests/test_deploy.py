@@ -202,6 +202,14 @@ def test_no_secret_is_committed_and_each_workload_reads_only_its_own(directory):
             assert secret_refs(container) == expected, obj["metadata"]["name"]
 
 
+def test_the_readme_creates_each_workloads_secret_from_a_file_never_from_literals():
+    text = (K8S / "README.md").read_text()
+    commands = re.findall(r"^kubectl .*create secret generic (\S+) (.*)$", text, re.M)
+    assert sorted(name for name, _ in commands) == sorted([STATS_SECRET, WEB_SECRET])
+    assert all(args.startswith("--from-env-file=") for _, args in commands)
+    assert "--from-literal" not in text.replace("Never `--from-literal`", "")
+
+
 # -- what every pod looks like -----------------------------------------------------------
 
 
