@@ -115,7 +115,9 @@ def container_env(container, objects, secrets, pod_fields=None, image_env=None) 
         if "configMapKeyRef" in ref:
             env[var["name"]] = configmaps[ref["configMapKeyRef"]["name"]][ref["configMapKeyRef"]["key"]]
         elif "secretKeyRef" in ref:
-            env[var["name"]] = secrets[ref["secretKeyRef"]["name"]][ref["secretKeyRef"]["key"]]
+            secret, key = secrets[ref["secretKeyRef"]["name"]], ref["secretKeyRef"]["key"]
+            if key in secret or not ref["secretKeyRef"].get("optional"):
+                env[var["name"]] = secret[key]
         else:
             env[var["name"]] = (pod_fields or {})[ref["fieldRef"]["fieldPath"]]
     return env

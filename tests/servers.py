@@ -51,11 +51,12 @@ class RedisServer:
     """A redis-server on a free port; with ``durable`` every write is fsynced to an AOF, so
     a SIGKILLed server comes back with exactly what it acknowledged."""
 
-    def __init__(self, directory, durable=False, port=None, extra=()):
+    def __init__(self, directory, durable=False, port=None, extra=(), username=None, password=None):
         self.dir = str(directory)
         self.port = port or free_port()
         self.durable = durable
         self.extra = list(extra)
+        self.username, self.password = username, password  # the test's own client logs in as this user
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
 
@@ -64,7 +65,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, db=0) -> redis_py.Redis:
-        return redis_py.Redis(port=self.port, db=db, decode_responses=True, socket_timeout=5)
+        return redis_py.Redis(
+            port=self.port,
+            db=db,
+            username=self.username,
+            password=self.password,
+            decode_responses=True,
+            socket_timeout=5,
+        )
 
     def start(self):
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]

@@ -260,7 +260,7 @@ def test_db_create_makes_the_tables_on_an_empty_database(config, tmp_path):
 
 
 def test_demo_seed_refuses_a_database_that_has_data(drifted, runner):
-    result = runner.invoke(args=["demo", "seed"])
+    result = runner.invoke(args=["demo", "seed", "--allow-real-servers"])
     assert_one_line_error(result, 2, "empty database")
 
 

@@ -47,7 +47,13 @@ OLDEST_KUBERNETES = "1.29.0"
 #: From the issue's benchmark at 1M users: the old way's seconds and the new way's peak RSS target.
 OLD_WAY_SECONDS = 330
 PEAK_RSS_TARGET = 100 * 1024 * 1024
-SECRET = "toutiao-secrets"
+#: One Secret per workload: the web app's, and the stats fix's (SELECT-only database account,
+#: `stats` Redis user). Required keys have no `optional`: a pod without a URL would fall
+#: back to the embedded stack.
+WEB_SECRET = "toutiao-web-secrets"
+STATS_SECRET = "toutiao-stats-secrets"
+WEB_KEYS = {"DATABASE_URL": False, "REDIS_URL": False, "JWT_SECRET": False, "JWT_PREVIOUS_SECRET": True}
+STATS_KEYS = {"DATABASE_URL": False, "REDIS_URL": False}
 INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 KUSTOMIZATIONS = kustomizations()
@@ -171,16 +177,37 @@ def test_kustomization_uses_labels_not_common_labels(directory):
     assert "commonLabels" not in (K8S / directory / "kustomization.yaml").read_text()
 
 
+def secret_refs(container) -> dict:
+    """{variable: secretKeyRef} of a container's environment; no Secret is read whole."""
+    assert not [source for source in container.get("envFrom", []) if "secretRef" in source]
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def expected_refs(secret, keys) -> dict:
+    return {
+        key: {"name": secret, "key": key, **({"optional": True} if optional else {})} for key, optional in keys.items()
+    }
+
+
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
-def test_no_secret_is_committed_and_the_urls_come_from_the_secret(directory):
+def test_no_secret_is_committed_and_each_workload_reads_only_its_own(directory):
     objects = render(directory)
     assert not [o for o in objects if o["kind"] == "Secret"]
     for obj in workloads(objects):
+        web = obj["kind"] == "Deployment"
+        expected = expected_refs(WEB_SECRET, WEB_KEYS) if web else expected_refs(STATS_SECRET, STATS_KEYS)
         for container in pod_spec(obj)["containers"]:
-            from_secret = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in from_secret}
-            # Required keys (no `optional`): a pod without a URL would fall back to the embedded stack.
-            assert refs == {name: {"name": SECRET, "key": name} for name in ("DATABASE_URL", "REDIS_URL")}
+            assert secret_refs(container) == expected, obj["metadata"]["name"]
+
+
+def test_the_readme_creates_each_workloads_secret_from_a_file_never_from_literals():
+    text = (K8S / "README.md").read_text()
+    commands = re.findall(r"^kubectl .*create secret generic (\S+) (.*)$", text, re.M)
+    assert sorted(name for name, _ in commands) == sorted([STATS_SECRET, WEB_SECRET])
+    assert all(args.startswith("--from-env-file=") for _, args in commands)
+    assert "--from-literal" not in text.replace("Never `--from-literal`", "")
 
 
 # -- what every pod looks like -----------------------------------------------------------
@@ -376,6 +403,132 @@ def test_indexed_backfill_runs_one_shard_per_index():
     assert argv == ["flask", "stats", "fix", "--shard", f"I/{spec['completions']}", "--wait", "180"]
 
 
+# -- network policies ------------------------------------------------------------------------
+
+
+def selects(selector, labels) -> bool:
+    """Tell whether a label selector (matchLabels, matchExpressions with In) selects ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def pod_labels(obj) -> dict:
+    template = obj["spec"]["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else obj["spec"]["template"]
+    return template["metadata"]["labels"]
+
+
+def policies_of(objects, labels, policy_type) -> list:
+    """The NetworkPolicies of a type that select a pod with ``labels``."""
+    return [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+        and policy_type in o["spec"]["policyTypes"]
+        and selects(o["spec"]["podSelector"], labels)
+    ]
+
+
+def allowed_egress(objects, labels) -> list:
+    """Every (peer, protocol, port) a pod with ``labels`` may connect to, in a stable order."""
+    allowed = []
+    for policy in policies_of(objects, labels, "Egress"):
+        for rule in policy["spec"].get("egress", []):
+            for peer in rule["to"]:
+                for port in rule["ports"]:
+                    allowed.append((yaml.safe_dump(peer, sort_keys=True), port["protocol"], port["port"]))
+    return sorted(allowed)
+
+
+def peer(namespace, **labels) -> str:
+    selector = {"podSelector": {"matchLabels": labels}}
+    if namespace:
+        selector["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return yaml.safe_dump(selector, sort_keys=True)
+
+
+KUBE_DNS = peer("kube-system", **{"k8s-app": "kube-dns"})
+PROD_WEB_EGRESS = sorted(
+    [
+        (KUBE_DNS, "UDP", 53),
+        (KUBE_DNS, "TCP", 53),
+        (peer("databases", **{"app.kubernetes.io/name": "mysql"}), "TCP", 3306),
+        (peer("redis", **{"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "server"}), "TCP", 6379),
+        (peer("redis", **{"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "sentinel"}), "TCP", 26379),
+    ]
+)
+PROD_PUSHGATEWAY = (peer("monitoring", **{"app.kubernetes.io/name": "prometheus-pushgateway"}), "TCP", 9091)
+
+
+def prod_workloads() -> list:
+    """The prod overlay's app, with its backfills, as they run side by side in its namespace."""
+    objects = render("overlays/prod")
+    jobs = [
+        o for d in ("overlays/prod/backfill-rebuild", "overlays/prod/backfill-indexed") for o in workloads(render(d))
+    ]
+    return objects, workloads(objects) + jobs
+
+
+def test_prod_web_pods_accept_connections_on_their_container_port_only():
+    objects, _ = prod_workloads()
+    web = only(objects, "Deployment", "toutiao-web")
+    (policy,) = policies_of(objects, pod_labels(web), "Ingress")
+    port = only_container(web)["ports"][0]["containerPort"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port}]}]
+
+
+def test_prod_stats_pods_accept_no_connection():
+    objects, pods = prod_workloads()
+    stats = [o for o in pods if o["kind"] in ("Job", "CronJob")]
+    assert {pod_labels(o)["app.kubernetes.io/component"] for o in stats} == {
+        "stats-fix",
+        "stats-fix-shards",
+        "stats-rebuild",
+    }
+    for obj in stats:
+        policies = policies_of(objects, pod_labels(obj), "Ingress")
+        assert len(policies) == 1, obj["metadata"]["name"]
+        assert policies[0]["spec"].get("ingress", []) == []
+
+
+def test_prod_web_pods_reach_only_dns_the_database_redis_and_its_sentinels():
+    objects, _ = prod_workloads()
+    assert allowed_egress(objects, pod_labels(only(objects, "Deployment", "toutiao-web"))) == PROD_WEB_EGRESS
+
+
+def test_prod_stats_pods_reach_only_dns_the_database_redis_its_sentinels_and_the_pushgateway():
+    objects, pods = prod_workloads()
+    for obj in (o for o in pods if o["kind"] in ("Job", "CronJob")):
+        assert allowed_egress(objects, pod_labels(obj)) == sorted([*PROD_WEB_EGRESS, PROD_PUSHGATEWAY])
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_network_policies_select_only_toutiao_pods(directory):
+    stranger = {"app.kubernetes.io/name": "mysql", "app.kubernetes.io/component": "web"}
+    objects = render(directory)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert len(policies) == 6
+    assert not [p["metadata"]["name"] for p in policies if selects(p["spec"]["podSelector"], stranger)]
+
+
+def test_dev_reaches_the_stack_in_its_own_namespace():
+    objects = render("overlays/dev")
+    web = only(objects, "Deployment", "toutiao-web")
+    assert allowed_egress(objects, pod_labels(web)) == sorted(
+        [
+            (KUBE_DNS, "UDP", 53),
+            (KUBE_DNS, "TCP", 53),
+            (peer(None, **{"app.kubernetes.io/name": "mysql"}), "TCP", 3306),
+            (peer(None, **{"app.kubernetes.io/name": "redis"}), "TCP", 6379),
+            (peer(None, **{"app.kubernetes.io/name": "redis"}), "TCP", 26379),
+        ]
+    )
+
+
 # -- the manifests run what they say -----------------------------------------------------------
 
 
@@ -388,8 +541,10 @@ def drifted_stack(drifted, redis):
 
 @pytest.fixture
 def secrets(config):
-    """The Secret's values: the test servers."""
-    return {SECRET: {"DATABASE_URL": config.DATABASE_URL, "REDIS_URL": config.REDIS_URL}}
+    """The Secrets' values: the test servers (tests/test_least_privilege.py runs the fix as
+    the restricted accounts), and a signing key for the web app."""
+    urls = {"DATABASE_URL": config.DATABASE_URL, "REDIS_URL": config.REDIS_URL}
+    return {WEB_SECRET: {**urls, "JWT_SECRET": "test-signing-key-" + "x" * 32}, STATS_SECRET: urls}
 
 
 def run_container(objects, obj, secrets, pod_fields=None):
