@@ -3,7 +3,7 @@
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from toutiao.cli.errors import mask_url
+from toutiao.logs import mask_url
 
 # Passwords as operators paste them: letters and digits, with '@', ':', '/' and '%' unencoded.
 passwords = st.text(alphabet="abcXYZ019@:/%", min_size=1, max_size=24)

@@ -5,9 +5,10 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from common.models import Base
-from toutiao.cli.errors import ConfigError, RuntimeFailure, mask_url
+from toutiao.cli.errors import ConfigError, RuntimeFailure
 from toutiao.config import SettingError
 from toutiao.extensions import database, redis_client
+from toutiao.logs import mask_url
 
 
 def connect_database(require_tables=False):

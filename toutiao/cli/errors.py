@@ -1,6 +1,5 @@
 """Click exceptions carrying the documented exit codes, and the mapping to them."""
 
-import re
 from contextlib import contextmanager
 
 import click
@@ -67,17 +66,3 @@ def exit_status(exc: BaseException) -> tuple:
 
 
 # A URL in free text: a scheme, then everything up to whitespace, a quote or an angle bracket.
-_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s'\"<>]*)")
-
-
-def _mask_userinfo(match) -> str:
-    # The userinfo ends at the last '@': a password may hold '@', ':', '/' or '%' unencoded
-    # (redis-py accepts redis://:p@ss@host), so no earlier '@' can be trusted to end it.
-    # An '@' in a path or query masks more than the userinfo, never less.
-    _, at, after = match["rest"].rpartition("@")
-    return f"{match['scheme']}***@{after}" if at else match[0]
-
-
-def mask_url(url) -> str:
-    """Hide the whole userinfo (user and password) of every URL in a text so it can be printed and logged."""
-    return _URL.sub(_mask_userinfo, str(url))

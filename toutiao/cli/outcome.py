@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 from flask import current_app
 
-from toutiao.cli.errors import EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, exit_status, mask_url, settings_checked
-from toutiao.logs import fields, resolve_format
+from toutiao.cli.errors import EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, exit_status, settings_checked
+from toutiao.logs import fields, mask_url, resolve_format
 
 log = logging.getLogger(__name__)
 
