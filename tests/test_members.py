@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.cache.members import MAX_ID, IdBitmap, Shard, is_id, owned_by, parse_member
+from common.cache.members import MAX_ID, MAX_SIGNED_ID, IdBitmap, Shard, is_id, owned_by, parse_member
 
 
 def test_parse_member_reads_canonical_ids():
@@ -35,6 +35,12 @@ def test_parse_member_calls_anything_else_junk(junk):
 )
 def test_is_id_takes_positive_integers_that_fit_bigint_unsigned(value, valid):
     assert is_id(value) is valid
+
+
+def test_is_id_with_an_upper_bound_refuses_ids_above_it():
+    assert is_id(MAX_SIGNED_ID, MAX_SIGNED_ID) is True
+    assert is_id(MAX_SIGNED_ID + 1, MAX_SIGNED_ID) is False
+    assert is_id(MAX_SIGNED_ID + 1) is True
 
 
 def test_id_bitmap_knows_small_and_snowflake_ids():

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import jwt
 
+from common.cache.members import MAX_SIGNED_ID, is_id
 from toutiao.config import SettingError, number
 
 #: The only algorithm accepted: a token saying ``none`` or ``RS256`` is refused whatever it holds.
@@ -19,7 +20,7 @@ ALGORITHM = "HS256"
 #: Seconds of clock difference between the host that signed a token and the one checking it.
 LEEWAY = 10
 #: The largest user id (the models' BIGINT ids, signed on every backend).
-MAX_USER_ID = 2**63 - 1
+MAX_USER_ID = MAX_SIGNED_ID
 #: Bytes of entropy HS256 needs (RFC 7518: a key at least as long as the hash).
 MIN_SECRET_LENGTH = 32
 #: The generated secret of the embedded defaults, in the instance folder.
@@ -122,6 +123,6 @@ def verify(token: str, secrets: list[str], refresh: bool = False) -> int:
     if (claims.get("refresh") is True) != refresh:
         raise TokenError("send a refresh token" if refresh else "a refresh token is not an access token")
     user_id = claims["user_id"]
-    if isinstance(user_id, bool) or not isinstance(user_id, int) or not 0 < user_id <= MAX_USER_ID:
+    if not is_id(user_id, MAX_USER_ID):
         raise TokenError("the token's user_id is not a user id")
     return user_id

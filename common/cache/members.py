@@ -10,6 +10,8 @@ from typing import Optional
 
 #: Ids are BIGINT UNSIGNED in the original schema.
 MAX_ID = 2**64 - 1
+#: The ids every backend stores: BIGINT is signed on SQLite, so the API and tokens take 1 to 2**63 - 1.
+MAX_SIGNED_ID = 2**63 - 1
 
 # A canonical non-negative integer: no sign, no leading zero, no whitespace, ASCII digits.
 _ID = re.compile(r"0|[1-9][0-9]{0,19}")
@@ -29,9 +31,9 @@ def parse_member(member) -> Optional[int]:
     return value if value <= MAX_ID else None
 
 
-def is_id(value) -> bool:
-    """Tell whether ``value`` (an int from JSON, say) is a positive id."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
+def is_id(value, upper: int = MAX_ID) -> bool:
+    """Tell whether ``value`` (an int from JSON, say) is a positive id no larger than ``upper``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= upper
 
 
 class IdBitmap:

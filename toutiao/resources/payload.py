@@ -8,11 +8,12 @@ from flask import jsonify, request
 from werkzeug import exceptions
 from werkzeug.routing import BaseConverter
 
+from common.cache.members import MAX_SIGNED_ID, is_id
 from toutiao.resources.errors import BadRequest
 
 #: The largest id: the models' ids are BIGINT, unsigned on MySQL but signed on SQLite,
 #: so the common range is 1 to 2**63 - 1.
-MAX_ID = 2**63 - 1
+MAX_ID = MAX_SIGNED_ID
 
 
 def body() -> dict:
@@ -31,7 +32,8 @@ def body() -> dict:
 
 
 def valid_id(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and 0 < value <= MAX_ID
+    """Tell whether ``value`` is an id the API takes: an integer from 1 to MAX_ID."""
+    return is_id(value, MAX_ID)
 
 
 def id_field(data: dict, name: str = "target") -> int:
