@@ -9,8 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
-import jwt
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 from common.models import Relation, User
 from tests.conftest import DATABASE_URL, REDIS_URL
 from tests.servers import ROOT, free_port, wait_until
+from tests.tokens import bearer
+from toutiao import tokens
 from toutiao.config import TestConfig as _TestConfig
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
@@ -192,8 +194,7 @@ def test_a_chunked_body_over_max_content_length_is_413(server):
 
 
 def auth_headers():
-    token = jwt.encode({"user_id": 1, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return bearer(tokens.mint(SECRET, 1, timedelta(seconds=60))) | {"Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize(
