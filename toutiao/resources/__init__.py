@@ -48,14 +48,19 @@ def check_web_settings(config) -> None:
 def configured():
     """Refuse to serve without usable web settings; bound the request body.
 
-    Checked per request rather than in the factory so that the ``flask stats`` commands,
-    which build the same app, neither need nor check them.
+    Checked on the first request rather than in the factory so that the ``flask stats``
+    commands, which build the same app, neither need nor check them; once the settings
+    pass, the body limit is kept and the check is not repeated. Until they pass, every
+    request is refused.
     """
-    from toutiao.resources.auth import signing_keys
+    limit = current_app.extensions.get("web.max_content_length")
+    if limit is None:
+        from toutiao.resources.auth import signing_keys
 
-    check_web_settings(current_app.config)
-    signing_keys()
-    request.max_content_length = number(current_app.config, "MAX_CONTENT_LENGTH")
+        check_web_settings(current_app.config)
+        signing_keys()
+        limit = current_app.extensions["web.max_content_length"] = number(current_app.config, "MAX_CONTENT_LENGTH")
+    request.max_content_length = limit
 
 
 def too_large(exc):
