@@ -1,8 +1,21 @@
 """Member ids, the seen-id index and shards: the library's pure parts, no server needed."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from common.cache.members import MAX_ID, MAX_SIGNED_ID, IdBitmap, Shard, is_id, owned_by, parse_member
+from common.cache.members import (
+    MAX_ID,
+    MAX_SIGNED_ID,
+    IdBitmap,
+    Shard,
+    is_id,
+    owned_by,
+    parse_member,
+    parse_members,
+)
+
+JUNK = ["007", "-1", "1.0", "abc", "", " 1", "1 ", "5\n", "\n5", "+5", str(MAX_ID + 1), "\u0663", "\u00b2", "1_000"]
 
 
 def test_parse_member_reads_canonical_ids():
@@ -12,12 +25,33 @@ def test_parse_member_reads_canonical_ids():
     assert parse_member(b"17") == 17
 
 
-@pytest.mark.parametrize(
-    "junk",
-    ["007", "-1", "1.0", "abc", "", " 1", "1 ", "5\n", "\n5", "+5", str(MAX_ID + 1), "\u0663", "\u00b2", "1_000"],
-)
+@pytest.mark.parametrize("junk", JUNK)
 def test_parse_member_calls_anything_else_junk(junk):
     assert parse_member(junk) is None
+
+
+@pytest.mark.parametrize("junk", JUNK)
+def test_parse_members_finds_one_junk_member_among_ids(junk):
+    assert parse_members(["12", junk, "7"]) == [12, None, 7]
+
+
+@given(st.lists(st.one_of(st.integers(0, 2**65).map(str), st.sampled_from(JUNK), st.text(max_size=4))))
+def test_parse_members_says_what_parse_member_says_of_each(members):
+    assert parse_members(members) == [parse_member(m) for m in members]
+
+
+@given(
+    st.lists(st.one_of(st.integers(0, 5000), st.integers(1 << 40, MAX_ID))),
+    st.lists(st.one_of(st.integers(0, 6000), st.integers(1 << 40, MAX_ID))),
+)
+def test_id_bitmap_add_many_and_absent_agree_with_a_set(added, asked):
+    seen = IdBitmap(limit=1 << 10)
+    half = len(added) // 2
+    seen.add_many(sorted(added[:half]))  # the stream's order
+    seen.add_many(added[half:])  # any order
+    asked = asked + added[:3]
+    assert seen.absent(asked) == [at for at, i in enumerate(asked) if i not in set(added)]
+    assert all(i in seen for i in added)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,17 @@ def parse_member(member) -> Optional[int]:
     return value if value <= MAX_ID else None
 
 
+def parse_members(members: list) -> list:
+    """Return :func:`parse_member` of each member; fast when every one is a canonical id."""
+    try:
+        ids = list(map(int, members))
+    except (ValueError, TypeError):
+        ids = None
+    if ids and list(map(str, ids)) == members and min(ids) >= 0 and max(ids) <= MAX_ID:
+        return ids
+    return [parse_member(m) for m in members]
+
+
 def is_id(value, upper: int = MAX_ID) -> bool:
     """Tell whether ``value`` (an int from JSON, say) is a positive id no larger than ``upper``."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= upper
@@ -62,6 +73,41 @@ class IdBitmap:
         if byte >= len(self.bits):
             self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
         self.bits[byte] |= 1 << (member_id & 7)
+
+    def add_many(self, member_ids: list):
+        """Add ids, as :meth:`add` does one."""
+        if not member_ids:
+            return
+        limit = self.limit
+        top = max(member_ids)
+        if top >= limit:
+            large = [i for i in member_ids if i >= limit]
+            if (not self.large or large[0] >= self.large[-1]) and large == sorted(large):
+                self.large.extend(large)  # the stream's ascending order: the array stays sorted
+            else:
+                for member_id in large:
+                    self.add(member_id)
+            member_ids = [i for i in member_ids if i < limit]
+            if not member_ids:
+                return
+            top = max(member_ids)
+        if (top >> 3) >= len(self.bits):
+            self.add(top)
+        bits = self.bits
+        for member_id in member_ids:
+            bits[member_id >> 3] |= 1 << (member_id & 7)
+
+    def absent(self, member_ids: list) -> list:
+        """Return the positions in ``member_ids`` of the ids not added."""
+        bits, limit, size = self.bits, self.limit, len(self.bits)
+        positions = []
+        for at, member_id in enumerate(member_ids):
+            if member_id >= limit:
+                if member_id not in self:
+                    positions.append(at)
+            elif (member_id >> 3) >= size or not bits[member_id >> 3] & (1 << (member_id & 7)):
+                positions.append(at)
+        return positions
 
     def __contains__(self, member_id: int) -> bool:
         if member_id >= self.limit:
