@@ -423,3 +423,98 @@ def test_snowflake_ids_and_their_strays_are_repaired(engine, redis):
     assert wrong_members(engine, redis) == {}
     assert result_of(report, "count:user:followers").wrong == 2
     assert result_of(report, "count:user:followings").wrong == 1
+
+
+# -- how the database is read --------------------------------------------------------------
+
+
+def plain_rows(engine, counter) -> list:
+    with engine.connect() as conn:
+        return [(int(m), int(n)) for m, n in conn.execute(counter.query.order_by(counter.member_column()))]
+
+
+def streamed_rows(source, counter, shard=None) -> list:
+    with source.stream(counter, shard) as batches:
+        return [row for batch in batches for row in zip(batch.ids, batch.counts)]
+
+
+@pytest.fixture
+def snowflakes(engine):
+    """The sample, plus follows of users with 19-digit snowflake ids, as the original assigns."""
+    seed_database(engine, users=40)
+    big = [1_456_789_012_345_678_901 + 4_194_304 * k for k in range(30)]
+    with engine.begin() as conn:
+        for k, target in enumerate(big):
+            for follower in range(1 + k % 4):
+                conn.execute(
+                    text("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (:u, :t, 1)"),
+                    {"u": 5000 + follower, "t": target},
+                )
+    return engine
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_the_packed_stream_yields_exactly_the_rows_of_each_counters_query(snowflakes, batch_size):
+    from common.cache.source import Source
+
+    source = Source(snowflakes, batch_size)
+    for counter in COUNTERS:
+        assert streamed_rows(source, counter) == plain_rows(snowflakes, counter), counter.key
+
+
+def test_a_bucket_longer_than_the_server_sends_is_read_row_by_row(snowflakes, caplog):
+    from common.cache.source import Source
+
+    source = Source(snowflakes, 1000, pack_bytes=16)  # every bucket of more than a member or two is cut
+
+    with caplog.at_level("INFO", logger="common.cache.source"):
+        rows = streamed_rows(source, Statistic.registry["count:user:followers"])
+
+    assert rows == plain_rows(snowflakes, Statistic.registry["count:user:followers"])
+    assert "reading it row by row" in caplog.text
+
+
+def test_shards_of_the_packed_stream_split_the_rows_exactly(snowflakes):
+    from common.cache.source import Source
+
+    source = Source(snowflakes, 2)
+    counter = Statistic.registry["count:user:followers"]
+    parts = [streamed_rows(source, counter, Shard(i, 3)) for i in range(3)]
+    assert sorted(row for part in parts for row in part) == plain_rows(snowflakes, counter)
+    assert all(member % 3 == i for i, part in enumerate(parts) for member, _ in part)
+
+
+def test_a_fix_of_snowflake_ids_ends_exact(snowflakes, redis):
+    redis.zadd("count:user:followers", {"1456789012345678901": 9, "1456789012349873205": 1})
+
+    fix(snowflakes, redis, batch_size=4)
+
+    assert wrong_members(snowflakes, redis, KEYS) == {}
+
+
+def test_a_key_recreated_with_a_few_members_is_rebuilt_not_written_member_by_member(engine, redis):
+    seed_database(engine, users=200)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE TABLE user_basic")
+    counter = Statistic.registry["count:user:followings"]
+    redis.zadd(counter.key, {"1": 1})  # Redis came back empty; one increment recreated the key
+    run = RepairEngine(redis, engine, settle=0.01)
+    run.sparse_min_ids = 100
+
+    report = run.run([counter])
+
+    result = result_of(report, counter.key)
+    assert (result.mode, result.note) == ("rebuild", "key held 1 members, under 1% of the rows of user_basic")
+    assert wrong_members(engine, redis, [counter.key]) == {}
+
+
+def test_a_key_with_its_members_is_reconciled_however_small(engine, redis):
+    seed_database(engine, users=200)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE TABLE user_basic")
+    counter = Statistic.registry["count:user:followings"]
+    fix(engine, redis)
+    run = RepairEngine(redis, engine, settle=0.01)
+    run.sparse_min_ids = 100
+
+    assert result_of(run.run([counter]), counter.key).mode == "reconcile"

@@ -9,6 +9,7 @@ database. Every interleaving is forced; nothing waits on a timer.
 import threading
 
 import pytest
+from sqlalchemy import text
 
 from common.cache.engine import RepairEngine
 from common.cache.members import Shard
@@ -404,3 +405,56 @@ def test_counters_outside_the_run_are_not_touched(world):
     redis.zadd(other.key, {"5": 3})
     run(engine, redis)
     assert redis.zscore(other.key, "5") == 3
+
+
+# -- the next counter, begun ahead ---------------------------------------------------------
+
+
+def test_the_next_counter_is_begun_while_the_first_finishes(world):
+    engine, redis = world
+    begun = threading.Event()
+    cp = Checkpoints().at("snapshot", begun.set, counter=KEY)
+    cp.at("final_pass", lambda: begun.wait(timeout=10), counter=FOLLOWINGS)  # not a timer: fails unless begun
+    run(engine, redis, (FOLLOWINGS, FOLLOWERS), checkpoint=cp)
+    order = [(name, context["counter"]) for name, context in cp.reached if name in ("snapshot", "release")]
+    assert order.index(("snapshot", KEY)) < order.index(("release", FOLLOWINGS.key))
+
+
+@pytest.mark.parametrize("lands_at", ["snapshot", "first_release"])
+def test_a_follow_between_a_counter_begun_ahead_and_its_turn_is_counted(world, lands_at):
+    engine, redis = world
+    redis.zincrby(KEY, 3, "24")  # drift too, so the run has something to write
+    slow = follow(engine, redis, 901, 26).announce()
+    cp = Checkpoints()
+    if lands_at == "snapshot":  # the next counter's query starts while the first one still runs
+        cp.at("snapshot", lambda: (follow(engine, redis, 900, 22).run(), slow.commit()), counter=KEY)
+    else:  # the first counter gives its lease back after the next one's stream began
+        cp.at("release", lambda: (follow(engine, redis, 900, 22).run(), slow.commit()), counter=FOLLOWINGS)
+    cp.at("stream_batch", slow.increment, counter=KEY, nth=2)
+
+    run(engine, redis, (FOLLOWINGS, FOLLOWERS), checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+
+
+def test_a_stop_while_the_next_counter_is_begun_leaves_no_reader_or_query(world):
+    engine, redis = world
+    begun = threading.Event()
+
+    def stop():
+        begun.wait(timeout=10)
+        raise LockLost("stopped by the test")
+
+    cp = Checkpoints().at("snapshot", begun.set, counter=KEY).at("sweep_batch", stop, counter=FOLLOWINGS)
+    with pytest.raises(LockLost):
+        run(engine, redis, (FOLLOWINGS, FOLLOWERS), checkpoint=cp)
+
+    cp.assert_fired()
+    assert ("snapshot", KEY) in [(n, c["counter"]) for n, c in cp.reached]
+    assert not [t for t in threading.enumerate() if t.name == "stats-reader"]
+    with engine.connect() as conn:
+        queries = conn.execute(
+            text("SELECT info FROM information_schema.processlist WHERE info LIKE :q"), {"q": "%counted%"}
+        )
+        assert [q for (q,) in queries if "processlist" not in q] == []

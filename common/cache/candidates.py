@@ -6,8 +6,10 @@ their way can land), then is observed in Redis in one MULTI (which resets its tr
 re-counted in the database, and written with a compare-and-set script (or, when Redis
 already agrees, confirmed) only if it is still quiet and unchanged. One that never is
 gets ``attempts`` tries, one more round in the final pass, then is reported as skipped.
-Candidates are re-read a full batch at a time: every re-count of a counter without an
-index on its member column is a table scan.
+Candidates wait in a bounded buffer and are re-counted up to :data:`RECOUNT` ids per
+query: every re-count of a counter without an index on its member column (most of them,
+on the original DDL) is a table scan, so one scan serves many candidates. Redis sees
+them ``batch_size`` at a time, so no command carries more than a batch.
 """
 
 from __future__ import annotations
@@ -21,23 +23,50 @@ from common.cache.lease import FENCE, previous_writers
 from common.cache.script import NOW, Lua
 from common.exceptions import LockLost, PreviousWriters
 
-# KEYS: counter, runs, track, inflight, canary. ARGV: lease, id, expected score ('' absent),
-# new count ('' remove). 1 written, 0 not quiet or changed, -1 lease lost, -2 old writers.
+# KEYS: counter, runs, track, inflight, canary. ARGV: lease, then per id: id, expected
+# score ('' absent), new count ('' remove). -1 lease lost, -2 old writers; otherwise one
+# answer per id: 1 written, 0 not quiet or changed (left alone). Each id is checked on its
+# own, with one command per check for all of them, and the writes go in one ZADD and ZREM.
 _CAS = Lua(
     NOW
     + FENCE
     + """
 if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
-if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 0 end
-local cur = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if ARGV[3] == '' then
-  if cur then return 0 end
-elseif (not cur) or tonumber(cur) ~= tonumber(ARGV[3]) then return 0 end
-if ARGV[4] == '' then redis.call('ZREM', KEYS[1], ARGV[2]) else redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2]) end
-return 1
+local ids = {}
+for i = 2, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+local tracked = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
+local announced = redis.call('HMGET', KEYS[4], unpack(ids))
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+local answers, adds, removes = {}, {}, {}
+for k = 1, #ids do
+  local expected, count, cur = ARGV[3 * k], ARGV[3 * k + 1], scores[k]
+  local answer = 0
+  if tracked[k] == 0 and not announced[k] then
+    if (expected == '' and not cur) or (expected ~= '' and cur and tonumber(cur) == tonumber(expected)) then
+      answer = 1
+      if count == '' then
+        removes[#removes + 1] = ids[k]
+      else
+        adds[#adds + 1] = count
+        adds[#adds + 1] = ids[k]
+      end
+    end
+  end
+  answers[k] = answer
+end
+if #adds > 0 then redis.call('ZADD', KEYS[1], unpack(adds)) end
+if #removes > 0 then redis.call('ZREM', KEYS[1], unpack(removes)) end
+return answers
 """
 )
+
+#: Ids re-counted by one database query at most. A re-count of a counter whose member
+#: column has no index scans the table whatever the number of ids, so the fewer the
+#: queries the better; the buffer of candidates waiting for it is bounded by this.
+RECOUNT = 20_000
+
+#: Ids one compare-and-set script writes at most: a script blocks Redis while it runs.
+CAS_IDS = 500
 
 
 @dataclass
@@ -81,7 +110,19 @@ class Candidates:
         self.final = False
 
     def look(self, members):
-        """Read announcements, scores and tracking of ``members`` at one instant (MULTI)."""
+        """Read announcements, scores and tracking of ``members`` at one instant (MULTI).
+
+        Return ``(announced, scores, touched)``; while no id of the counter is announced
+        or tracked (a quiet night), one MULTI with the scores alone says so, and
+        ``announced`` and ``touched`` are None: every member is quiet.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hlen(self.inflight)
+        pipe.scard(self.track)
+        pipe.zmscore(self.key, members)
+        announced, tracked, scores = pipe.execute()
+        if not announced and not tracked:
+            return None, scores, None
         pipe = self.redis.pipeline(transaction=True)
         pipe.hmget(self.inflight, members)
         pipe.zmscore(self.key, members)
@@ -94,25 +135,46 @@ class Candidates:
         self.pending.append(Candidate(member, member_id, due))
 
     def settle(self, force: bool):
-        """Look at due candidates again, a full batch at a time (every re-count of a counter
-        without an index on its member column is a table scan), all of them with ``force``."""
+        """Look at due candidates again, up to RECOUNT at a time once that many wait (one
+        re-count query serves them all), all of them with ``force``."""
         while self.pending:
-            if not force and len(self.pending) < self.run.batch_size:
+            if not force and len(self.pending) < RECOUNT:
                 return
             wait = self.pending[0].due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             ready = []
             now = time.monotonic()
-            while self.pending and len(ready) < self.run.batch_size and self.pending[0].due <= now:
+            while self.pending and len(ready) < RECOUNT and self.pending[0].due <= now:
                 ready.append(self.pending.popleft())
             if ready:
                 self.run.beat()
                 self.recheck(ready)
 
     def recheck(self, ready):
+        """Observe ``ready`` in Redis (a batch per MULTI), re-count the quiet ones in one
+        query, then write or confirm each."""
+        quiet = []
+        for start in range(0, len(ready), self.run.batch_size):
+            quiet += self.observe(ready[start : start + self.run.batch_size])
+        if not quiet:
+            return
+        counts = self.repair.counts([c.member_id for c, _ in quiet])
+        self.repair.at("recount", members=[c.member for c, _ in quiet])
+        stable, equal = [], []
+        for cand, score in quiet:
+            count = _count(counts.get(cand.member_id))
+            (equal if same(score, count) else stable).append((cand, score, count))
+        for start in range(0, len(equal), self.run.batch_size):
+            self.confirm(equal[start : start + self.run.batch_size], report=False)
+        for start in range(0, len(stable), self.run.batch_size):
+            self.write(stable[start : start + self.run.batch_size])
+
+    def observe(self, ready) -> list:
+        """Reset the tracking of ``ready`` and read them at one instant; return the quiet
+        ones with their scores, and retry the others (an increment is on its way)."""
         members = [c.member for c in ready]
-        pipe = self.redis.pipeline(transaction=True)  # observe: reset tracking, read, at one instant
+        pipe = self.redis.pipeline(transaction=True)
         pipe.srem(self.track, *members)
         if not self.dry_run:
             pipe.srem(self.late, *members)
@@ -123,19 +185,10 @@ class Candidates:
         quiet = []
         for cand, busy, score in zip(ready, pending, scores):
             if busy:
-                self.retry(cand)  # its increment is on its way: look again later
+                self.retry(cand)
             else:
                 quiet.append((cand, score))
-        if not quiet:
-            return
-        counts = self.repair.counts([c.member_id for c, _ in quiet])
-        self.repair.at("recount", members=[c.member for c, _ in quiet])
-        stable, equal = [], []
-        for cand, score in quiet:
-            count = _count(counts.get(cand.member_id))
-            (equal if same(score, count) else stable).append((cand, score, count))
-        self.confirm(equal, report=False)
-        self.write(stable)
+        return quiet
 
     def confirm(self, items, report: bool):
         """Keep the items still quiet and unchanged since they were observed; retry the rest.
@@ -163,21 +216,20 @@ class Candidates:
         if self.dry_run:
             self.confirm(items, report=True)
             return
-        pipe = self.redis.pipeline(transaction=False)
         counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
-        for cand, score, count in items:
-            _CAS(
-                pipe,
-                counter_keys,
-                [self.lease, cand.member, "" if score is None else repr(score), "" if count is None else str(count)],
-            )
-        answers = pipe.execute()
-        self.repair.at("write", members=[cand.member for cand, _, _ in items])
-        for (cand, score, count), answer in zip(items, answers):
+        answers = []
+        for start in range(0, len(items), CAS_IDS):
+            args = [self.lease]
+            for cand, score, count in items[start : start + CAS_IDS]:
+                args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
+            answer = _CAS(self.redis, counter_keys, args)
             if answer == -1:
                 raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
             if answer == -2:
                 raise PreviousWriters(previous_writers(self.key))
+            answers += answer
+        self.repair.at("write", members=[cand.member for cand, _, _ in items])
+        for (cand, score, count), answer in zip(items, answers):
             if answer == 0:
                 self.retry(cand)
                 continue

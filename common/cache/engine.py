@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common.cache.lease import Leases, free_legacy_staging, reap_dead, scope_of
 from common.cache.members import Shard
-from common.cache.repair import CounterRepair
+from common.cache.repair import CounterRepair, reap_inflight
 from common.cache.report import CounterResult, Report
 from common.cache.source import Source
 from common.exceptions import Interrupted, LockLost, StatsError, one_line
@@ -53,6 +53,13 @@ CHECKPOINTS = (
 
 #: Seconds between two looks at a rebuild claimed by another run.
 CLAIM_STEP = 0.2
+
+#: A sorted set holding fewer members than this share of the ids its table has (as after
+#: Redis restarted empty and the app's increments recreated the key with a few hot ids)
+#: is rebuilt, not reconciled: a reconcile would write nearly every member one by one.
+SPARSE_SHARE = 0.01
+#: ... once that table has at least this many rows (below, either way is quick).
+SPARSE_MIN_IDS = 10_000
 
 
 class RepairEngine:
@@ -99,6 +106,7 @@ class RepairEngine:
         self.max_examples = max_examples
         self.attempts = attempts
         self.wait = wait
+        self.sparse_min_ids = SPARSE_MIN_IDS
         self.heartbeat = heartbeat
         self.on_result = on_result
         self.on_progress = on_progress
@@ -107,6 +115,8 @@ class RepairEngine:
         self.leases = Leases(redis, self.token, scope_of(shard, dry_run), lease_ttl, holder)
         self._stop = threading.Event()
         self._cause: Optional[BaseException] = None
+        self._next: dict = {}  # counter key -> the counter after it (a run one counter at a time)
+        self._ahead: dict = {}  # counter key -> (key type, Stream) started ahead
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -126,6 +136,7 @@ class RepairEngine:
             if not self.dry_run:
                 free_legacy_staging(self.redis, self.batch_size)
             if self.jobs == 1:
+                self._next = {a.key: b for a, b in zip(counters, counters[1:])}
                 for counter in counters:
                     results[counter.key] = self._repair_reported(counter)
             else:
@@ -141,6 +152,10 @@ class RepairEngine:
             if self._cause is None:
                 self._cause = exc
         finally:
+            for _, stream in self._ahead.values():
+                if stream is not None:
+                    stream.close()
+            self._ahead.clear()
             self.leases.close()
             report.results = [results[c.key] for c in counters if c.key in results]
             report.seconds = time.monotonic() - started
@@ -191,22 +206,69 @@ class RepairEngine:
             log.warning("could not give back the lease on %s (it will expire): %s", counter.key, one_line(exc))
 
     def _repair(self, counter, result: CounterResult):
-        self.at("tracking", counter)
-        with CounterRepair(self, counter, result) as repair:
-            repair.reap_inflight()
-            kind = self.redis.type(counter.key)
-            if self.dry_run:
-                if kind in ("zset", "none"):
-                    repair.reconcile()
-                else:
-                    repair.count_unreadable(kind)
-                    self.leases.release(counter)
-                    return
-            elif kind == "zset" and not self.rebuild:
+        try:
+            with CounterRepair(self, counter, result) as repair:
+                self._work(repair, counter)
+        finally:
+            _, stream = self._ahead.pop(counter.key, (None, None))
+            if stream is not None:  # started for a path this counter did not take
+                stream.close()
+
+    def _work(self, repair: CounterRepair, counter):
+        if counter.key in self._ahead:
+            kind = self._ahead[counter.key][0]  # begun ahead: tracking on, announcements reaped
+        else:
+            kind = self._prepare(counter)
+        if self.dry_run:
+            if kind in ("zset", "none"):
                 repair.reconcile()
             else:
-                self._rebuild(repair, kind)
-            repair.catch_up()
+                repair.count_unreadable(kind)
+                self.leases.release(counter)
+                return
+        elif kind == "zset" and not self.rebuild:
+            repair.reconcile()
+        else:
+            self._rebuild(repair, kind)
+        repair.catch_up()
+
+    def _prepare(self, counter) -> str:
+        """Begin a counter: its tracking is on, dead announcements go; return its key's type,
+        or ``sparse`` for a sorted set to rebuild because it holds next to nothing."""
+        self.at("tracking", counter)
+        reap_inflight(self, counter.key)
+        kind = self.redis.type(counter.key)
+        if kind == "zset" and not (self.dry_run or self.rebuild) and self._sparse(counter):
+            return "sparse"
+        return kind
+
+    def _sparse(self, counter) -> bool:
+        ids = self.source.ids_estimate(counter)
+        return ids is not None and ids >= self.sparse_min_ids and self.redis.zcard(counter.key) < ids * SPARSE_SHARE
+
+    def streamed(self, counter):
+        """``counter`` has read its stream: when counters go one at a time, begin the next
+        one and start its query, so the database computes it while this one finishes."""
+        following = self._next.get(counter.key)
+        if following is None or following.key in self._ahead or self._stop.is_set():
+            return
+        try:
+            kind = self._prepare(following)
+        except (RedisError, SQLAlchemyError) as exc:  # it meets the error again in its own turn, and reports it
+            log.info("could not begin %s ahead: %s", following.key, one_line(exc))
+            return
+        stream = None
+        if kind == "zset" and not self.rebuild or self.dry_run and kind == "none":
+            stream = self.source.stream(following, self.shard, on_snapshot=lambda: self.at("snapshot", following))
+        self._ahead[following.key] = (kind, stream)
+
+    def take_stream(self, counter, shard):
+        """Return the stream started ahead for ``counter`` over ``shard``, if there is one."""
+        kind, stream = self._ahead.get(counter.key, (None, None))
+        if stream is None or stream.shard != shard:
+            return None
+        self._ahead[counter.key] = (kind, None)
+        return stream
 
     def _rebuild(self, repair: CounterRepair, kind: str):
         """Rebuild the counter once this run holds its rebuild claim. While another run
@@ -219,10 +281,18 @@ class RepairEngine:
             reap_dead(self.redis, repair.counter)  # a claim whose run died is freed
         found, kind = kind, self.redis.type(repair.key)
         # Traffic cannot turn a key of another type into a sorted set: another run rebuilt it.
-        if (waited or found not in ("zset", "none")) and kind == "zset" and not self.rebuild:
+        if (waited or found not in ("zset", "none", "sparse")) and kind == "zset" and not self.rebuild:
             repair.reconcile()
             return
-        reason = "--rebuild" if self.rebuild else "key was missing" if kind == "none" else f"key held a {kind}"
+        if self.rebuild:
+            reason = "--rebuild"
+        elif kind == "none":
+            reason = "key was missing"
+        elif kind == "zset":
+            table = repair.counter.members_of.__table__.name
+            reason = f"key held {self.redis.zcard(repair.key)} members, under {SPARSE_SHARE:.0%} of the rows of {table}"
+        else:
+            reason = f"key held a {kind}"
         repair.rebuild(kind, reason)
 
     # -- between batches ----------------------------------------------------------------------

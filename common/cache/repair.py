@@ -26,7 +26,7 @@ from __future__ import annotations
 from common.cache import keys
 from common.cache.candidates import Candidate, Candidates, same
 from common.cache.lease import FENCE
-from common.cache.members import IdBitmap, owned_by, parse_member
+from common.cache.members import IdBitmap, owned_by, parse_member, parse_members
 from common.cache.report import Drift
 from common.cache.script import NOW, Lua
 from common.exceptions import LockLost, StagingLost, StatsError
@@ -117,32 +117,44 @@ class CounterRepair:
     def at(self, name, **context):
         self.run.at(name, self.counter, **context)
 
+    def stream(self, shard):
+        """The counter's stream over ``shard``: the one the run started ahead, or a new one."""
+        return self.run.take_stream(self.counter, shard) or self.run.source.stream(
+            self.counter, shard, on_snapshot=lambda: self.at("snapshot")
+        )
+
     # -- the reconcile pass -------------------------------------------------------------
 
     def reconcile(self):
         """Compare the counter with the database, writing (or, checking, reporting) what differs."""
         self.result.mode = "check" if self.dry_run else "reconcile"
-        batches = self.run.source.stream(self.counter, self.run.shard, on_snapshot=lambda: self.at("snapshot"))
-        for chunk in batches:
-            self.run.beat()
-            self._compare(chunk)
-            self.result.scanned += len(chunk)
-            self.run.on_progress(self.key, len(chunk))
-            self.candidates.settle(force=False)
+        with self.stream(self.run.shard) as batches:
+            for chunk in batches:
+                self.run.beat()
+                self._compare(chunk)
+                self.result.scanned += len(chunk)
+                self.run.on_progress(self.key, len(chunk))
+                self.candidates.settle(force=False)
+        self.run.streamed(self.counter)
         self._sweep()
         self.candidates.settle(force=True)
 
     def _compare(self, chunk):
-        members = [str(m) for m, _ in chunk]
+        ids, counts = chunk.ids, chunk.counts
+        members = list(map(str, ids))
         pending, scores, touched = self.candidates.look(members)
         self.at("stream_batch", members=members)
+        self.seen.add_many(ids)
+        if pending is None:  # nothing announced or tracked: every member is quiet
+            if scores == counts:
+                return
+            pending = touched = [None] * len(ids)
         stable = []
-        for (member_id, count), member, busy, score, moved in zip(chunk, members, pending, scores, touched):
-            self.seen.add(int(member_id))
+        for member_id, count, member, busy, score, moved in zip(ids, counts, members, pending, scores, touched):
             if busy or moved:
-                self.candidates.queue(member, int(member_id), fresh=False)
-            elif not same(score, count := int(count)):
-                stable.append((Candidate(member, int(member_id), 0.0), score, count))
+                self.candidates.queue(member, member_id, fresh=False)
+            elif score != count:
+                stable.append((Candidate(member, member_id, 0.0), score, count))
         self.candidates.write(stable)
 
     def _sweep(self):
@@ -151,9 +163,15 @@ class CounterRepair:
         while True:
             self.run.beat()
             cursor, items = self.redis.zscan(self.key, cursor, count=self.run.batch_size)
-            self.at("sweep_batch", members=[m for m, _ in items])
-            junk = [(m, s) for m, s in items if parse_member(m) is None and owned_by(self.run.shard, None)]
-            strays = [m for m, _ in items if self._stray(parse_member(m))]
+            members = [m for m, _ in items]
+            self.at("sweep_batch", members=members)
+            ids = parse_members(members)
+            junk, strays = [], []
+            if self.run.shard is None and None not in ids:
+                strays = [members[at] for at in self.seen.absent(ids)]
+            else:
+                junk = [(m, s) for (m, s), i in zip(items, ids) if i is None and owned_by(self.run.shard, None)]
+                strays = [m for m, i in zip(members, ids) if self._stray(i)]
             for start in range(0, len(strays), self.run.batch_size):
                 self._strays(strays[start : start + self.run.batch_size])
             if junk:
@@ -168,6 +186,8 @@ class CounterRepair:
     def _strays(self, members):
         self.result.scanned += len(members)
         pending, scores, touched = self.candidates.look(members)
+        if pending is None:
+            pending = touched = [None] * len(members)
         stable = []
         for member, busy, score, moved in zip(members, pending, scores, touched):
             if busy or moved:
@@ -191,12 +211,14 @@ class CounterRepair:
         """Check a key of the wrong type: every member the database counts is wrong."""
         self.result.mode = "check"
         self.result.note = f"key holds a {kind}, not a sorted set"
-        for chunk in self.run.source.stream(self.counter, self.run.shard):
-            self.run.beat()
-            self.result.scanned += len(chunk)
-            self.result.wrong += len(chunk)
-            for member_id, count in chunk:
-                self.example(member_id, f"<{kind} key>", count)
+        with self.stream(self.run.shard) as batches:
+            for chunk in batches:
+                self.run.beat()
+                self.result.scanned += len(chunk)
+                self.result.wrong += len(chunk)
+                for member_id, count in zip(chunk.ids, chunk.counts):
+                    self.example(member_id, f"<{kind} key>", count)
+        self.run.streamed(self.counter)
 
     # -- candidates ---------------------------------------------------------------------
 
@@ -222,25 +244,27 @@ class CounterRepair:
         written = present = 0
         swapped = False
         try:
-            for chunk in self.run.source.stream(self.counter, on_snapshot=lambda: self.at("snapshot")):
-                self.run.beat()
-                mapping = {str(m): int(n) for m, n in chunk}
-                if kind == "zset":
-                    for (member, count), score in zip(mapping.items(), self.redis.zmscore(self.key, list(mapping))):
-                        present += score is not None
-                        if not same(score, count):
-                            result.wrong += 1
-                            result.added += score is None
-                            result.changed += score is not None
-                            self.example(member, score, count)
-                else:
-                    result.wrong += len(mapping)
-                    result.added += len(mapping)
-                self.redis.zadd(staging, mapping)
-                self.at("rebuild_batch", members=list(mapping))
-                written += len(mapping)
-                result.scanned += len(mapping)
-                self.run.on_progress(self.key, len(mapping))
+            with self.stream(None) as batches:
+                for chunk in batches:
+                    self.run.beat()
+                    mapping = dict(zip(map(str, chunk.ids), chunk.counts))
+                    if kind == "zset":
+                        for (member, count), score in zip(mapping.items(), self.redis.zmscore(self.key, list(mapping))):
+                            present += score is not None
+                            if not same(score, count):
+                                result.wrong += 1
+                                result.added += score is None
+                                result.changed += score is not None
+                                self.example(member, score, count)
+                    else:
+                        result.wrong += len(mapping)
+                        result.added += len(mapping)
+                    self.redis.zadd(staging, mapping)
+                    self.at("rebuild_batch", members=list(mapping))
+                    written += len(mapping)
+                    result.scanned += len(mapping)
+                    self.run.on_progress(self.key, len(mapping))
+            self.run.streamed(self.counter)
             self.run.beat()
             answer = _SWAP(self.redis, [self.key, keys.runs(self.key), staging], [self.lease, written])
             if answer == -1:
@@ -263,10 +287,8 @@ class CounterRepair:
 
     # -- the end ----------------------------------------------------------------------------
 
-    def reap_inflight(self, limit: int = 500):
-        """Forget announcements whose deadline passed: their writers died or gave up."""
-        while _REAP_INFLIGHT(self.redis, [self.inflight, keys.inflight_ops(self.key)], [limit]) >= limit:
-            self.run.beat()
+    def reap_inflight(self):
+        reap_inflight(self.run, self.key)
 
     def catch_up(self):
         """Recheck what traffic touched, then give back the lease once no id waits as late."""
@@ -309,3 +331,9 @@ class CounterRepair:
             self.candidates.settle(force=False)
             if cursor == 0:
                 return
+
+
+def reap_inflight(run, key: str, limit: int = 500):
+    """Forget the announcements on ``key`` whose deadline passed: their writers died or gave up."""
+    while _REAP_INFLIGHT(run.redis, [keys.inflight(key), keys.inflight_ops(key)], [limit]) >= limit:
+        run.beat()

@@ -15,7 +15,7 @@ from typing import ClassVar, Iterable
 
 from sqlalchemy import Integer, Select, cast, func, select
 
-from common.models import Article, Attitude, Collection, Comment, CommentLiking, Relation
+from common.models import Article, Attitude, Collection, Comment, CommentLiking, Relation, User
 
 
 class Statistic:
@@ -31,6 +31,9 @@ class Statistic:
     #: member's index and fetches every row by primary key in random order: 7-40x
     #: slower than a scan and a sort at a million users (bench/PLANS.md).
     stream_scan: ClassVar[object] = None
+    #: The model whose primary key the members are (user, article or comment ids): its
+    #: id range tells how to cut a packed stream into buckets of about a batch.
+    members_of: ClassVar[object] = None
     registry: ClassVar[dict[str, type["Statistic"]]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -87,6 +90,7 @@ class UserArticlesCount(Statistic):
     """Articles a user has published (status approved), by author."""
 
     key = "count:user:arts"
+    members_of = User
     covering_index = ("news_article_basic", ("status", "user_id"))
     stream_scan = Article
     query = (
@@ -98,6 +102,7 @@ class UserFollowingsCount(Statistic):
     """Users a user follows, by follower."""
 
     key = "count:user:followings"
+    members_of = User
     covering_index = ("user_relation", ("relation", "user_id"))
     stream_scan = Relation
     query = (
@@ -111,6 +116,7 @@ class UserFollowersCount(Statistic):
     """Followers a user has, by followed user."""
 
     key = "count:user:followers"
+    members_of = User
     covering_index = ("user_relation", ("relation", "target_user_id"))
     stream_scan = Relation
     query = (
@@ -124,6 +130,7 @@ class ArticleCollectingCount(Statistic):
     """Active collections of an article, by article."""
 
     key = "count:art:collecting"
+    members_of = Article
     covering_index = ("news_collection", ("is_deleted", "article_id"))
     query = (
         select(Collection.article_id, func.count()).where(Collection.is_deleted == 0).group_by(Collection.article_id)
@@ -134,6 +141,7 @@ class UserArticleCollectingCount(Statistic):
     """Articles a user keeps in active collections, by user."""
 
     key = "count:user:art:collecting"
+    members_of = User
     covering_index = ("news_collection", ("is_deleted", "user_id"))
     stream_scan = Collection
     query = select(Collection.user_id, func.count()).where(Collection.is_deleted == 0).group_by(Collection.user_id)
@@ -143,6 +151,7 @@ class ArticleLikingCount(Statistic):
     """Likes of an article (attitude 1), by article."""
 
     key = "count:art:liking"
+    members_of = Article
     covering_index = ("news_attitude", ("attitude", "article_id"))
     query = (
         select(Attitude.article_id, func.count())
@@ -155,6 +164,7 @@ class ArticleDislikeCount(Statistic):
     """Dislikes of an article (attitude 0; NULL is no attitude), by article."""
 
     key = "count:art:dislike"
+    members_of = Article
     covering_index = ("news_attitude", ("attitude", "article_id"))
     query = (
         select(Attitude.article_id, func.count())
@@ -167,6 +177,7 @@ class UserLikedCount(Statistic):
     """Likes received on a user's articles (attitude 1), by author."""
 
     key = "count:user:liked"
+    members_of = User
     covering_index = ("news_attitude", ("attitude", "article_id"))
     # Likes are counted per article first, so the join looks articles up in article
     # order (sequential pages) instead of once per like in random order: 51 s -> 6 s
@@ -188,6 +199,7 @@ class CommentLikingCount(Statistic):
     """Active likes of a comment, by comment."""
 
     key = "count:comm:liking"
+    members_of = Comment
     covering_index = ("news_comment_liking", ("is_deleted", "comment_id"))
     query = (
         select(CommentLiking.comment_id, func.count())
@@ -200,6 +212,7 @@ class ArticleCommentCount(Statistic):
     """Approved comments on an article, replies included, by article."""
 
     key = "count:art:comm"
+    members_of = Article
     covering_index = ("news_comment", ("status", "article_id"))
     stream_scan = Comment
     query = (
@@ -213,6 +226,7 @@ class CommentReplyCount(Statistic):
     """Approved replies to a comment, by the comment replied to."""
 
     key = "count:art:reply"
+    members_of = Comment
     covering_index = ("news_comment", ("status", "parent_id"))
     stream_scan = Comment
     query = (
