@@ -694,49 +694,48 @@ def wall(run):
 
 
 def targets(results) -> list:
-    """Return (target, measured, verdict or None when it does not apply) for every target of issue 11."""
-    runs, users = results["runs"], results["args"]["users"]
-    modes = results["modes"]
+    """Return (target, measured, result) for every target of issue 11 the run's modes reach.
+
+    A ratio is FAIL when either run did not finish, "not measured" when one of them was
+    not run (a mode or peer left out), and n/a where the issue sets it for another scale.
+    """
+    runs, users, modes = results["runs"], results["args"]["users"], results["modes"]
     ours = {mode: runs.get(f"ours/{mode}") for mode in modes}
     rows = []
 
-    def old_ratio(mode):
-        o, w = runs.get(f"old/{mode}"), ours.get(mode)
-        if not finished(o) or not finished(w):
-            return None
-        return w["wall_s"] / o["wall_s"] if o["wall_s"] else None
+    def wall_ratio(label, run, base, limit, applies=True, why=""):
+        value = None
+        if finished(run) and finished(base) and base["wall_s"]:
+            value = run["wall_s"] / base["wall_s"]
+        if not applies:
+            result = why
+        elif run is None or base is None:
+            result = "not measured"
+        else:
+            result = verdict(at_most(value, limit))
+        rows.append((label, value, result))
 
     for mode, limit in TARGETS["ratio"].items():
-        if mode not in modes:
-            continue
-        value = old_ratio(mode)
-        label = f"ours / old wall time at {mode} <= {limit} (at >= {LARGE:,} users)"
-        applies = users >= LARGE
-        rows.append((label, value, verdict(at_most(value, limit)) if applies else "n/a (scale below 1M)"))
+        if mode in modes:
+            label = f"ours / old wall time at {mode} <= {limit} (at >= {LARGE:,} users)"
+            wall_ratio(label, ours[mode], runs.get(f"old/{mode}"), limit, users >= LARGE, "n/a (below 1M users)")
     for mode in modes:
-        if mode == "restart":
-            continue
-        value = old_ratio(mode)
-        label = f"ours / old wall time at {mode} <= {TARGETS['small_ratio']} (below {LARGE:,} users)"
-        applies = users < LARGE
-        rows.append((label, value, verdict(at_most(value, TARGETS["small_ratio"])) if applies else "n/a (1M or more)"))
-    empty = ours.get("empty")
+        if mode != "restart":
+            limit = TARGETS["small_ratio"]
+            label = f"ours / old wall time at {mode} <= {limit} (below {LARGE:,} users)"
+            wall_ratio(label, ours[mode], runs.get(f"old/{mode}"), limit, users < LARGE, "n/a (1M users or more)")
     for mode, limit in TARGETS["vs_empty"].items():
-        if mode not in modes:
-            continue
-        value = None
-        if finished(ours.get(mode)) and finished(empty) and empty["wall_s"]:
-            value = ours[mode]["wall_s"] / empty["wall_s"]
-        rows.append((f"ours at {mode} / ours from empty (wall time) <= {limit}", value, verdict(at_most(value, limit))))
+        if mode in modes:
+            wall_ratio(f"ours at {mode} / ours from empty (wall time) <= {limit}", ours[mode], ours.get("empty"), limit)
     for mode in modes:
-        run = ours.get(mode) or {}
+        run = ours[mode] or {}
         ping = run.get("ping") or {}
-        rows.append((f"worst PING during ours at {mode} <= {TARGETS['ping_ms']} ms", ping.get("worst_ms"),
-                     verdict(at_most(ping.get("worst_ms"), TARGETS["ping_ms"]))))  # fmt: skip
-        rows.append((f"p99 PING during ours at {mode} <= {TARGETS['p99_ms']} ms", ping.get("p99_ms"),
-                     verdict(at_most(ping.get("p99_ms"), TARGETS["p99_ms"]))))  # fmt: skip
-        rows.append((f"ours' peak RSS at {mode} <= {TARGETS['rss_mb']} MB", run.get("rss_mb"),
-                     verdict(at_most(run.get("rss_mb"), TARGETS["rss_mb"]))))  # fmt: skip
+        for label, value, limit in (
+            (f"worst PING during ours at {mode} <= {TARGETS['ping_ms']} ms", ping.get("worst_ms"), TARGETS["ping_ms"]),
+            (f"p99 PING during ours at {mode} <= {TARGETS['p99_ms']} ms", ping.get("p99_ms"), TARGETS["p99_ms"]),
+            (f"ours' peak RSS at {mode} <= {TARGETS['rss_mb']} MB", run.get("rss_mb"), TARGETS["rss_mb"]),
+        ):
+            rows.append((label, value, verdict(at_most(value, limit))))
         check_exit = (run.get("check") or {}).get("exit")
         rows.append((f"`flask stats check` after ours at {mode} exits 0", check_exit, verdict(check_exit == 0)))
     return rows
@@ -1059,13 +1058,24 @@ def main(argv=None):
         ours_argv += ["--batch-size", str(args.batch_size)]
     runs, drifts, profiles = {}, {}, {}
     members = {}
+    raw = DATA / f"results-{args.users}-{args.shape}.json"
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": command,
+        "args": vars(args),
+        "shape": args.shape,
+        "peers": args.peers,
+        "machine": code,
+        "database": facts,
+        "ours_argv": ["flask"] + ours_argv[1:],
+    }
     with PrivateRedis() as server:
+        results["reniced"] = server.reniced
         env = contender_env(server.url, database_url)
         # The hints peer reads as many rows at a time as ours does.
         peer_env = env | ({"STATS_BATCH_SIZE": str(args.batch_size)} if args.batch_size else {})
         client = server.client()
         writes = write_commands(client)
-        reniced = server.reniced
         log(f"private redis-server on port {server.port}")
         baseline = False
 
@@ -1123,7 +1133,17 @@ def main(argv=None):
             )
             return run
 
-        for mode in args.modes:
+        def write_results(done: list):
+            """Write the results JSON of the modes done so far (a run stopped half way keeps them)."""
+            results.update(modes=list(done), members=members, runs=runs, drift=drifts, profile=profiles)
+            results["members_total"] = sum(members.values()) if members else None
+            results["drift_total"] = {
+                mode: sum(d["changed"] + d["deleted"] + d["stale"] for d in ds.values()) for mode, ds in drifts.items()
+            }
+            raw.write_text(json.dumps(results, indent=2, default=str))
+
+        for done, mode in enumerate(args.modes):
+            write_results(args.modes[:done])
             if mode not in ("empty", "restart") and not baseline:
                 make_baseline()
                 baseline = True
@@ -1140,6 +1160,9 @@ def main(argv=None):
             if mode == "empty" and run["check"]["exit"] == 0:
                 save_baseline(server)
                 baseline = True
+            if baseline and not members:
+                saved = server.client(db=1)
+                members = {c.key: saved.zcard(c.key) for c in COUNTERS}
             if args.profile:
                 log(f"ours / {mode}: running again under py-spy")
                 prepare(mode)
@@ -1151,31 +1174,7 @@ def main(argv=None):
                 verify(profile, mode, prefix="profile-check")
                 profiles[mode] = profile
                 log(f"ours / {mode} under py-spy: exit {profile['exit']}, {profile['samples']:,} samples")
-        if baseline:
-            saved = server.client(db=1)
-            members = {c.key: saved.zcard(c.key) for c in COUNTERS}
-
-    results = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": command,
-        "args": vars(args),
-        "shape": args.shape,
-        "modes": args.modes,
-        "peers": args.peers,
-        "machine": code,
-        "database": facts,
-        "ours_argv": ["flask"] + ours_argv[1:],
-        "members": members,
-        "members_total": sum(members.values()) if members else None,
-        "reniced": reniced,
-        "drift": drifts,
-        "drift_total": {
-            mode: sum(d["changed"] + d["deleted"] + d["stale"] for d in ds.values()) for mode, ds in drifts.items()
-        },
-        "runs": runs,
-        "profile": profiles,
-    }
-    (DATA / f"results-{args.users}-{args.shape}.json").write_text(json.dumps(results, indent=2, default=str))
+        write_results(args.modes)
     Path(args.results).write_text(render(results))
     log(f"wrote {args.results}")
 
