@@ -25,7 +25,9 @@ Two shapes (``--shape``):
 
 The database records its shape in its comment (``bench.generate: shape=NAME``), set
 when the load is complete; :func:`database_shape` reads it back. A database without
-one predates the shapes and is ``skewed``.
+one predates the shapes and is ``skewed``. A run that writes to the rows (the bench's
+restart mode sends live traffic) marks it changed (:func:`mark_changed`), so that the
+next run does not take it for the generated data.
 
     .venv/bin/python -m bench.generate --users 1000000 [--shape loguniform]
 """
@@ -64,6 +66,7 @@ DEFAULT_SHAPE = "skewed"
 # The database's comment while it is being generated, and once it is complete.
 GENERATING = "bench.generate: shape={shape}, generating"
 COMPLETE = "bench.generate: shape={shape}"
+CHANGED = "bench.generate: shape={shape}, rows changed after generation"
 
 # Share of users who publish articles.
 AUTHORS = 0.2
@@ -499,9 +502,16 @@ def database_exists(cur, database: str) -> bool:
     return bool(cur.fetchone()[0])
 
 
+def mark_changed(cur, database: str, shape: str):
+    """Record that something (the bench's live traffic) wrote to the generated rows: the
+    database no longer holds what ``--seed`` generates, and the next run generates it anew."""
+    cur.execute(f"ALTER DATABASE `{database}` COMMENT %s", (CHANGED.format(shape=shape),))
+
+
 def database_shape(cur, database: str):
     """Return the shape a generated database records, "skewed" for one that predates the
-    shapes, None for one still being generated (or abandoned half way) or not there."""
+    shapes, None for one still being generated (or abandoned half way), changed since it
+    was generated, or not there."""
     cur.execute("SELECT schema_comment FROM information_schema.schemata WHERE schema_name = %s", (database,))
     row = cur.fetchone()
     if row is None:

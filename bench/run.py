@@ -19,7 +19,9 @@ every ``--peers``:
    - ``restart``: Redis emptied as after a restart, then live traffic (``bench/traffic.py``
      in a process of its own, 8 writers through the app's own write path) recreating keys
      for ~2 s before ours starts, during ours, and stopped after ours exits; then the
-     check. Peers do not run in this mode: it measures ours under traffic.
+     check. Peers do not run in this mode: it measures ours under traffic. The traffic
+     commits rows, so the run marks the database changed and the next run generates it
+     anew (``bench.generate.mark_changed``).
 
    The baseline of a run without ``empty`` (or whose ``empty`` check failed) is made by
    an unmeasured run of the old way.
@@ -486,14 +488,20 @@ def check(env, log_prefix, jobs, timeout) -> dict:
 # -- the machine and the data --------------------------------------------------------------
 
 
+def connect(args):
+    return pymysql.connect(host=args.host, port=args.port, user=args.user, password=args.password, autocommit=True)
+
+
 def database_facts(args) -> dict:
-    conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=args.password)
+    conn = connect(args)
     facts = {}
     with conn.cursor() as cur:
         cur.execute("SELECT VERSION(), @@innodb_buffer_pool_size")
         facts["version"], pool = cur.fetchone()
         facts["buffer_pool_mb"] = int(pool) >> 20
         facts["shape"] = generate.database_shape(cur, args.database)
+        cur.execute("SELECT schema_comment FROM information_schema.schemata WHERE schema_name = %s", (args.database,))
+        facts["comment"] = (cur.fetchone() or [None])[0]
         if generate.database_exists(cur, args.database):
             facts["rows"] = {}
             for table in (
@@ -776,7 +784,8 @@ def render(results: dict) -> str:
         f"({args['seed']}).",
         f"- Restart: Redis emptied, then `bench/traffic.py` ({TRAFFIC_WRITERS} writer threads through the app's own "
         f"write path) runs {TRAFFIC_LEAD_SECONDS:g} s before ours starts, during ours, and stops after it; the "
-        "peers do not run. Its Redis commands and keyspace changes include the traffic's.",
+        "peers do not run. Its Redis commands and keyspace changes include the traffic's. The traffic commits rows, "
+        "so a run with this mode marks the database changed and the next run generates it anew.",
         "- Each contender runs as a subprocess under `/usr/bin/time` while a separate process PINGs "
         "the same Redis every millisecond"
         + (
@@ -986,6 +995,8 @@ def ensure_database(args, log, regenerate=False) -> dict:
     if not regenerate and (facts.get("rows") or {}).get("user_basic") == args.users and facts.get("shape") == shape:
         log(f"{args.database} already holds {args.users:,} users, shape {shape}; reusing it")
         return facts
+    if facts.get("comment"):
+        log(f"{args.database} says {facts['comment']!r}")
     log(f"generating {args.database} at {args.users:,} users, shape {shape}")
     connection = ["--host", args.host, "--port", str(args.port), "--user", args.user, "--password", args.password]
     generate.main(["--users", str(args.users), "--database", args.database, "--shape", shape, *connection])
@@ -1121,7 +1132,13 @@ def main(argv=None):
             log(f"flask stats check after ours / {mode}: exit {run['check']['exit']}")
 
         def ours_under_traffic(mode, run_ours):
-            """Flush, start the traffic, let it recreate keys, run ours, stop the traffic."""
+            """Start the traffic, let it recreate keys, run ours, stop the traffic.
+
+            The traffic commits rows: the database is marked changed first, so that the
+            next run generates it anew rather than measure on rows the seed did not make.
+            """
+            with contextlib.closing(connect(args)) as conn, conn.cursor() as cur:
+                generate.mark_changed(cur, args.database, args.shape)
             with TrafficProcess(env, str(logs / f"traffic-{mode}"), args.seed, args.timeout + 600) as traffic:
                 log(f"traffic: {traffic.summary['start']}")
                 time.sleep(TRAFFIC_LEAD_SECONDS)
