@@ -153,17 +153,18 @@ def loguniform(rng: random.Random, n: int) -> int:
     return min(max(int(n ** rng.random()) - 1, 0), n - 1)
 
 
-def snowflake_ids(total: int) -> array:
+def snowflake_ids(total: int, rng: random.Random) -> array:
     """Return the snowflake ids of rows 1..``total`` (index 0 unused), in time order.
 
-    Row i is created at ``when(i, total)`` plus its share of a second; a second id in the
-    same millisecond takes the next sequence number, as the original ``IdWorker`` does.
+    Row i is created at a random millisecond of its 1/total share of the five years (so
+    the ids are not an arithmetic progression); a second id in the same millisecond takes
+    the next sequence number, as the original ``IdWorker`` does.
     """
     ids = array("Q", [0])
     last_ms, sequence = -1, 0
     start_ms, span_ms = EPOCH * 1000, SPAN * 1000
     for i in range(1, total + 1):
-        ms = start_ms + i * span_ms // max(total, 1)
+        ms = start_ms + ((i - 1) * span_ms + rng.randrange(span_ms)) // max(total, 1)
         if ms <= last_ms:
             sequence = (sequence + 1) & SEQUENCE_MASK
             ms = last_ms if sequence else last_ms + 1
@@ -174,12 +175,17 @@ def snowflake_ids(total: int) -> array:
     return ids
 
 
+def snowflake_time(snowflake: int) -> int:
+    """Return the Unix second a snowflake id was made in."""
+    return ((snowflake >> 22) + TWEPOCH) // 1000
+
+
 class Shape:
     """How targets are drawn and which ids the rows get: ``skewed`` ranks, ids 1..n."""
 
     name = "skewed"
 
-    def __init__(self, n_users: int, n_comments: int):
+    def __init__(self, n_users: int, n_comments: int, seed: int):
         self.n_users, self.n_comments = n_users, n_comments
 
     def target(self, rng: random.Random, n: int) -> int:
@@ -194,23 +200,38 @@ class Shape:
         """Return the id of the ``index``-th comment (1-based, in creation order)."""
         return index
 
+    def user_time(self, index: int) -> int:
+        """Return the Unix second of the ``index``-th user's row."""
+        return when(index, self.n_users)
+
+    def comment_time(self, index: int) -> int:
+        """Return the Unix second the ``index``-th comment was made."""
+        return when(index, self.n_comments)
+
 
 class LogUniform(Shape):
-    """Log-uniform targets; snowflake user and comment ids."""
+    """Log-uniform targets; snowflake user and comment ids, their times the ids' own."""
 
     name = "loguniform"
 
-    def __init__(self, n_users: int, n_comments: int):
-        super().__init__(n_users, n_comments)
-        self.user_id = snowflake_ids(n_users).__getitem__
-        self.comment_id = snowflake_ids(n_comments).__getitem__
+    def __init__(self, n_users: int, n_comments: int, seed: int):
+        super().__init__(n_users, n_comments, seed)
+        # Random of their own: the rows' draws stay those of the seed.
+        self.user_id = snowflake_ids(n_users, random.Random(f"{seed}:users")).__getitem__
+        self.comment_id = snowflake_ids(n_comments, random.Random(f"{seed}:comments")).__getitem__
 
     def target(self, rng, n):
         return loguniform(rng, n)
 
+    def user_time(self, index):
+        return snowflake_time(self.user_id(index))
 
-def make_shape(name: str, n_users: int, n_comments: int) -> Shape:
-    return {"skewed": Shape, "loguniform": LogUniform}[name](n_users, n_comments)
+    def comment_time(self, index):
+        return snowflake_time(self.comment_id(index))
+
+
+def make_shape(name: str, n_users: int, n_comments: int, seed: int) -> Shape:
+    return {"skewed": Shape, "loguniform": LogUniform}[name](n_users, n_comments, seed)
 
 
 def choices(rng, table, k):
@@ -266,7 +287,7 @@ def write_users(path, n, authors, shape):
                 status = 0 if uid % 17 == 0 else 1
                 lines.append(
                     f"{shape.user_id(uid)}\t{account}\t{email}\t{status}\t13{uid:09d}\tuser{uid}\t{int(uid in media)}\t"
-                    f"{int(uid % 50 == 0)}\t0\t0\t0\t0\t0\t{when(uid, n)}\n"
+                    f"{int(uid % 50 == 0)}\t0\t0\t0\t0\t0\t{shape.user_time(uid)}\n"
                 )
             f.writelines(lines)
     columns = (
@@ -366,7 +387,7 @@ def write_comments(rng, path, n_users, n_articles, n_rows, shape):
             uid = shape.user_id(user(skewed(rng, n_users, 1.5)))
             lines.append(
                 f"{shape.comment_id(cid)}\t{uid}\t{art}\t{parent}\t{contents[cid % 1024]}\t{int(cid % 500 == 0)}\t"
-                f"{statuses[cid - 1]}\t{when(cid, n_rows)}\n"
+                f"{statuses[cid - 1]}\t{shape.comment_time(cid)}\n"
             )
             if len(lines) == 100_000:
                 f.writelines(lines)
@@ -456,7 +477,7 @@ def generate(args):
     engine.dispose()
     print(f"database {args.database} created with the app's schema ({time.monotonic() - started:.1f}s)", flush=True)
 
-    shape = make_shape(args.shape, n, counts["news_comment"])
+    shape = make_shape(args.shape, n, counts["news_comment"], args.seed)
     articles, comments = counts["news_article_basic"], counts["news_comment"]
     user_scatter = Scatter(n, 5)
     authors = [user_scatter(k) for k in range(max(1, int(n * AUTHORS)))]
