@@ -573,10 +573,11 @@ class TrafficProcess:
         )
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
-        if not line:
+        try:
+            self.summary["start"] = json.loads(line)
+        except json.JSONDecodeError:
             self._stop()
-            raise RuntimeError(f"bench.traffic did not start; see {self.log_prefix}.err")
-        self.summary["start"] = json.loads(line)
+            raise RuntimeError(f"bench.traffic did not start; see {self.log_prefix}.err") from None
         return self
 
     def __exit__(self, *exc):
