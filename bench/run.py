@@ -1,23 +1,46 @@
-"""Benchmark the old repair job against ``flask stats fix`` on the same generated data.
+"""Benchmark the old repair job, and the old job plus ours' query hints, against ``flask stats fix``.
 
-One run, in order, against a private redis-server (never the shared one):
+One run, against a private redis-server (never the shared one), of every ``--modes`` on
+every ``--peers``:
 
-1. generate ``toutiao_bench`` at ``--users`` scale, unless it already holds that scale;
-2. old way, from an empty Redis;
-3. ours, from an empty Redis; then ``flask stats check`` must exit 0, and the correct
-   counters are kept aside (COPY to db 1) as the baseline;
-4. old way at 1% drift: baseline restored, then 1% of every counter's members drifted
-   (0.6% wrong scores, 0.3% deleted, 0.1% stale ids added), the same members each time;
-5. ours at 1% drift, then ``flask stats check`` again.
+1. generate the bench database at ``--users`` scale and ``--shape`` (``bench/generate.py``),
+   unless it already holds that scale and shape;
+2. for each mode, in this order, each peer runs, then ours, every one from the same
+   starting Redis state (the mode's, made anew before each run); after every run of ours,
+   ``flask stats check`` must exit 0:
+
+   - ``empty``: an empty Redis. The correct counters ours leaves (check exit 0) are kept
+     aside (COPY to db 1) as the baseline of the next modes;
+   - ``quiet``: the baseline, no drift: every counter already right;
+   - ``drift-0.01``, ``drift-1``, ``drift-10``: the baseline, then 0.01%, 1% or 10% of
+     every counter's members drifted (of every 10,000 members at 1%: 60 wrong scores, 30
+     deleted, 10 stale ids added; scaled by the percentage, at least one stale id per
+     counter), the same members for the same ``--seed``;
+   - ``restart``: Redis emptied as after a restart, then live traffic (``bench/traffic.py``
+     in a process of its own, 8 writers through the app's own write path) recreating keys
+     for ~2 s before ours starts, during ours, and stopped after ours exits; then the
+     check. Peers do not run in this mode: it measures ours under traffic. The traffic
+     commits rows, so the run marks the database changed and the next run generates it
+     anew (``bench.generate.mark_changed``).
+
+   The baseline of a run without ``empty`` (or whose ``empty`` check failed) is made by
+   an unmeasured run of the old way.
+
+The peers (``bench/oldway.py``): ``old``, the original job ported faithfully; ``hints``,
+the same job with ours' stream query (scan hints, member order), session tmp table sizes
+and a server-side cursor.
 
 Each contender runs as a subprocess under ``/usr/bin/time`` (peak RSS, wall time) while
 another process PINGs the private Redis in a loop (worst and p99 latency); ``INFO
 commandstats`` and the server's dirty counter are read before and after to count the
-commands sent and the writes. Writes ``bench/RESULTS.md`` and ``bench/data/results-N.json``.
+commands sent and the writes. With ``--profile``, ours runs once more per mode (from the
+same state, unmeasured) under py-spy, and the functions it spends most samples in are
+reported. Writes ``bench/RESULTS.md`` and ``bench/data/results-USERS-SHAPE.json``.
 
     .venv/bin/python -m bench.run --users 1000000
-    .venv/bin/python -m bench.run --users 20000 --database toutiao_bench_small \
+    .venv/bin/python -m bench.run --users 20000 --database toutiao_bench_small \\
         --results bench/data/RESULTS-smoke.md   # a smoke run that leaves the 1M database alone
+    .venv/bin/python -m bench.run --users 20000 --shape loguniform --modes empty,drift-1,restart
 """
 
 from __future__ import annotations
@@ -30,13 +53,16 @@ import multiprocessing
 import os
 import platform
 import re
+import select
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import zlib
 from array import array
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -44,13 +70,14 @@ import pymysql
 import redis
 
 from bench import generate
-from bench.generate import DATA, DATABASE
+from bench.generate import DATA, DATABASE, DEFAULT_SHAPE, SHAPES
 from common.cache.statistic import COUNTERS
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 FLASK = str(Path(sys.executable).with_name("flask"))
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 TIME = shutil.which("time", path="/usr/bin") or ""
 
 # Commands the bench itself sends (the PING loop, INFO snapshots) are not counted.
@@ -61,11 +88,51 @@ NOT_COUNTED = ("ping", "info", "latency", "config", "command", "client", "hello"
 # Redis latency; both contenders get the same treatment.
 INSTRUMENT_NICE = -10
 
-TARGETS = {"wall_ratio": 0.3, "rss_mb": 100, "ping_ms": 10}
+#: The modes, in the order they run.
+MODES = ("empty", "quiet", "drift-0.01", "drift-1", "drift-10", "restart")
+#: The drift of each drifting mode, as a factor of DRIFT_PER_10K.
+DRIFT_FACTORS = {"drift-0.01": 0.01, "drift-1": 1, "drift-10": 10}
+#: The peers ours is compared with, and how each is run.
+PEERS = {"old": ["-m", "bench.oldway"], "hints": ["-m", "bench.oldway", "--hints"]}
 
-# Drift: of 10,000 members, 60 get a wrong score, 30 are deleted, and 10 stale ids are added.
+MODE_TITLES = {
+    "empty": "From an empty Redis",
+    "quiet": "Quiet: every counter already right",
+    "drift-0.01": "At 0.01% drift",
+    "drift-1": "At 1% drift",
+    "drift-10": "At 10% drift",
+    "restart": "After a restart, under live traffic",
+}
+
+# Drift at 1%: of 10,000 members, 60 get a wrong score, 30 are deleted, and 10 stale ids
+# are added. Other drifts scale it (drift-0.01: of 1,000,000 members, 60, 30 and 10).
 DRIFT_PER_10K = {"changed": 60, "deleted": 30, "stale": 10}
 STALE_BASE = 10**12
+
+# The restart mode's traffic: writer threads, and how long it runs before ours starts.
+TRAFFIC_WRITERS = 8
+TRAFFIC_LEAD_SECONDS = 2.0
+
+#: Scale from which the wall-time targets against the old way apply (issue 11); below
+#: it, every mode but restart must take at most SMALL_RATIO of the old way's time.
+LARGE = 1_000_000
+TARGETS = {
+    "rss_mb": 100,
+    "ping_ms": 10,
+    "p99_ms": 2,
+    # ours / old wall time, at LARGE users and more
+    "ratio": {"empty": 0.15, "drift-1": 0.2, "drift-0.01": 0.12},
+    "small_ratio": 0.6,
+    # ours' wall time / ours' wall time from empty
+    "vs_empty": {"drift-10": 1.2, "restart": 2.0},
+}
+
+# py-spy samples per second with --profile, and the functions shown per mode.
+PROFILE_RATE = 100
+PROFILE_TOP = 12
+# Frames on the way to the work (the command line, threads starting, module bodies run
+# by imports): left out of the profile's table; the work under them is counted.
+PLUMBING = re.compile(r"^<module> |.* \((click/|flask/cli\.py|<frozen |runpy\.py|threading\.py)")
 
 COUNTER_LINE = re.compile(
     r"counter=(?P<counter>\S+) mode=(?P<mode>\S+) scanned=(?P<scanned>\d+) wrong=(?P<wrong>\d+) "
@@ -341,13 +408,23 @@ def restore_baseline(server):
         saved.copy(key, key, destination_db=0, replace=True)
 
 
-def drift(client, seed, stale_ids="in-range") -> dict:
-    """Drift about 1% of every counter's members; the same members for the same seed.
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
-    Stale members are ids the database does not count: by default ids within the range of
-    the counter's members (as a deleted article's would be); with ``stale_ids="high"``,
-    ids from 10**12 up, beyond every table's ids.
+
+def drift(client, seed, stale_ids="in-range", factor=1.0) -> dict:
+    """Drift ``factor`` percent of every counter's members; the same members for the same seed.
+
+    Of every 1,000,000 members, ``6,000 * factor`` get a wrong score, ``3,000 * factor``
+    are deleted, and ``1,000 * factor`` stale ids are added (at least one per counter). A
+    member drifts at 1% exactly when its 1 in 10,000 draw says so; finer drifts split that
+    draw a hundred ways. Stale members are ids the database does not count: by default
+    ids within the range of the counter's members (as a deleted article's would be); with
+    ``stale_ids="high"``, ids above every member, from 10**12 up.
     """
+    per_million = {name: round(n * factor * 100) for name, n in DRIFT_PER_10K.items()}
+    changed_below = per_million["changed"]
+    deleted_below = changed_below + per_million["deleted"]
     drifted = {}
     for counter in COUNTERS:
         key = counter.key
@@ -355,20 +432,24 @@ def drift(client, seed, stale_ids="in-range") -> dict:
         for member, score in client.zscan_iter(key, count=1000):
             present.add(int(member))
             h = zlib.crc32(f"{seed}:{key}:{member}".encode())
-            pick = h % 10_000
-            if pick < DRIFT_PER_10K["changed"]:
+            coarse = (h % 10_000) * 100
+            if coarse >= deleted_below:
+                continue
+            pick = coarse + zlib.crc32(f"{seed}:{key}:{member}:fine".encode()) % 100
+            if pick < changed_below:
                 delta = (1, 2, 3, -1, -2)[(h >> 16) % 5]
                 changes[member] = score + delta if score + delta > 0 else score + 1
-            elif pick < DRIFT_PER_10K["changed"] + DRIFT_PER_10K["deleted"]:
+            elif pick < deleted_below:
                 deletes.append(member)
-        wanted = max(1, len(present) * DRIFT_PER_10K["stale"] // 10_000)
+        wanted = max(1, len(present) * per_million["stale"] // 1_000_000)
         stale = {}
         if stale_ids == "high":
-            stale = {str(STALE_BASE + i): 1 + i % 5 for i in range(wanted)}
+            base = max(STALE_BASE, max(present, default=0) + 1)
+            stale = {str(base + i): 1 + i % 5 for i in range(wanted)}
         else:
-            top, k = max(present, default=wanted * 2), 0
+            low, top, k = min(present, default=1), max(present, default=wanted * 2), 0
             while len(stale) < wanted and k < 100 * wanted:
-                candidate = zlib.crc32(f"{seed}:{key}:stale:{k}".encode()) % top + 1
+                candidate = low + _hash64(f"{seed}:{key}:stale:{k}") % (top - low + 1)
                 if candidate not in present and str(candidate) not in stale:
                     stale[str(candidate)] = 1 + k % 5
                 k += 1
@@ -407,15 +488,21 @@ def check(env, log_prefix, jobs, timeout) -> dict:
 # -- the machine and the data --------------------------------------------------------------
 
 
+def connect(args):
+    return pymysql.connect(host=args.host, port=args.port, user=args.user, password=args.password, autocommit=True)
+
+
 def database_facts(args) -> dict:
-    conn = pymysql.connect(host=args.host, port=args.port, user=args.user, password=args.password)
+    conn = connect(args)
     facts = {}
     with conn.cursor() as cur:
         cur.execute("SELECT VERSION(), @@innodb_buffer_pool_size")
         facts["version"], pool = cur.fetchone()
         facts["buffer_pool_mb"] = int(pool) >> 20
-        cur.execute("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = %s", (args.database,))
-        if cur.fetchone()[0]:
+        facts["shape"] = generate.database_shape(cur, args.database)
+        cur.execute("SELECT schema_comment FROM information_schema.schemata WHERE schema_name = %s", (args.database,))
+        facts["comment"] = (cur.fetchone() or [None])[0]
+        if generate.database_exists(cur, args.database):
             facts["rows"] = {}
             for table in (
                 "user_basic",
@@ -464,6 +551,101 @@ def machine() -> dict:
     }
 
 
+class TrafficProcess:
+    """``python -m bench.traffic`` for the duration of a ``with`` block: live writes through the app.
+
+    Entering waits until its writers are sending; leaving sends SIGTERM and keeps what it
+    reports (requests sent, unexpected answers) in ``summary``.
+    """
+
+    def __init__(self, env, log_prefix, seed, timeout, writers=TRAFFIC_WRITERS):
+        self.argv = [
+            PYTHON, "-m", "bench.traffic", "--writers", str(writers), "--seed", str(seed),
+            "--max-seconds", str(timeout),
+        ]  # fmt: skip
+        self.env, self.log_prefix = env, log_prefix
+        self.summary = {}
+
+    def __enter__(self):
+        self.err = open(f"{self.log_prefix}.err", "w")
+        self.proc = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self.err, text=True
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], 300)
+        line = self.proc.stdout.readline() if ready else ""
+        try:
+            self.summary["start"] = json.loads(line)
+        except json.JSONDecodeError:
+            self._stop()
+            raise RuntimeError(f"bench.traffic did not start; see {self.log_prefix}.err") from None
+        return self
+
+    def __exit__(self, *exc):
+        self._stop()
+
+    def _stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.err.close()
+        lines = [line for line in out.splitlines() if line.strip()]
+        with contextlib.suppress(IndexError, json.JSONDecodeError):
+            self.summary.update(json.loads(lines[-1]))
+        self.summary["exit"] = self.proc.returncode
+        Path(f"{self.log_prefix}.out").write_text(out)
+
+
+def profile_functions(raw: str, top: int = PROFILE_TOP) -> dict:
+    """Return the functions of a py-spy raw (folded) profile by inclusive share of the samples.
+
+    A function's inclusive share is the share of samples whose stack holds it anywhere
+    (counted once per sample); its self share, the samples it was on top of the stack.
+    Frames on the way to the work (PLUMBING) are left out; the work under them is counted.
+    """
+    inclusive, own = Counter(), Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack.strip() or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    functions = [
+        {
+            "function": frame,
+            "inclusive": round(n / total, 4),
+            "self": round(own[frame] / total, 4),
+        }
+        for frame, n in sorted(inclusive.items(), key=lambda item: (-item[1], item[0]))
+        if not PLUMBING.match(frame)
+    ][:top]
+    return {"samples": total, "rate": PROFILE_RATE, "functions": functions}
+
+
+def profiled(argv, env, log_prefix, timeout) -> dict:
+    """Run ``argv`` under py-spy; return its exit, wall time and where its samples fell."""
+    raw = Path(f"{log_prefix}.raw")
+    raw.unlink(missing_ok=True)
+    command = [PY_SPY, "record", "-r", str(PROFILE_RATE), "-f", "raw", "-o", str(raw), "--", *argv]
+    started = time.monotonic()
+    with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
+        try:
+            code = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=err, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    result = {"exit": code, "wall_s": round(time.monotonic() - started, 2)}
+    result.update(profile_functions(raw.read_text()) if raw.exists() else {"samples": 0, "functions": []})
+    return result
+
+
 # -- the report -----------------------------------------------------------------------------
 
 
@@ -487,11 +669,94 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def upgrade(results: dict) -> dict:
+    """Read a results JSON of the two-scenario harness (old way, ours; empty, 1% drift) as a new one."""
+    if "modes" in results:
+        return results
+    rename = {"empty": "empty", "drift": "drift-1"}
+    runs = {}
+    for name, run in results["runs"].items():
+        who, scenario = name.split("/")
+        runs[f"{who}/{rename[scenario]}"] = run
+    old_empty = (results["runs"].get("old/empty") or {}).get("report") or {}
+    return results | {
+        "shape": DEFAULT_SHAPE,
+        "modes": ["empty", "drift-1"],
+        "peers": ["old"],
+        "runs": runs,
+        "members": {c["counter"]: c["members"] for c in old_empty.get("counters", [])},
+        "drift": {"empty": {}, "drift-1": results.get("drift") or {}},
+        "drift_total": {"empty": 0, "drift-1": results.get("drift_total") or 0},
+        "profile": {},
+    }
+
+
+def finished(run) -> bool:
+    return bool(run) and run.get("exit") == 0
+
+
+def wall(run):
+    """Ours' wall time as a table shows it: a stopped run says so."""
+    if not run:
+        return None
+    return run["wall_s"] if run["exit"] != "timeout" else f"> {run['wall_s']:,} (stopped)"
+
+
+def targets(results) -> list:
+    """Return (target, measured, result) for every target of issue 11 the run's modes reach.
+
+    A ratio is FAIL when either run did not finish, "not measured" when one of them was
+    not run (a mode or peer left out), and n/a where the issue sets it for another scale.
+    """
+    runs, users, modes = results["runs"], results["args"]["users"], results["modes"]
+    ours = {mode: runs.get(f"ours/{mode}") for mode in modes}
+    rows = []
+
+    def wall_ratio(label, run, base, limit, applies=True, why=""):
+        value = None
+        if finished(run) and finished(base) and base["wall_s"]:
+            value = run["wall_s"] / base["wall_s"]
+        if not applies:
+            result = why
+        elif run is None or base is None:
+            result = "not measured"
+        else:
+            result = verdict(at_most(value, limit))
+        rows.append((label, value, result))
+
+    for mode, limit in TARGETS["ratio"].items():
+        if mode in modes:
+            label = f"ours / old wall time at {mode} <= {limit} (at >= {LARGE:,} users)"
+            wall_ratio(label, ours[mode], runs.get(f"old/{mode}"), limit, users >= LARGE, "n/a (below 1M users)")
+    for mode in modes:
+        if mode != "restart":
+            limit = TARGETS["small_ratio"]
+            label = f"ours / old wall time at {mode} <= {limit} (below {LARGE:,} users)"
+            wall_ratio(label, ours[mode], runs.get(f"old/{mode}"), limit, users < LARGE, "n/a (1M users or more)")
+    for mode, limit in TARGETS["vs_empty"].items():
+        if mode in modes:
+            wall_ratio(f"ours at {mode} / ours from empty (wall time) <= {limit}", ours[mode], ours.get("empty"), limit)
+    for mode in modes:
+        run = ours[mode] or {}
+        ping = run.get("ping") or {}
+        for label, value, limit in (
+            (f"worst PING during ours at {mode} <= {TARGETS['ping_ms']} ms", ping.get("worst_ms"), TARGETS["ping_ms"]),
+            (f"p99 PING during ours at {mode} <= {TARGETS['p99_ms']} ms", ping.get("p99_ms"), TARGETS["p99_ms"]),
+            (f"ours' peak RSS at {mode} <= {TARGETS['rss_mb']} MB", run.get("rss_mb"), TARGETS["rss_mb"]),
+        ):
+            rows.append((label, value, verdict(at_most(value, limit))))
+        check_exit = (run.get("check") or {}).get("exit")
+        rows.append((f"`flask stats check` after ours at {mode} exits 0", check_exit, verdict(check_exit == 0)))
+    return rows
+
+
 def render(results: dict) -> str:
-    args, runs = results["args"], results["runs"]
+    results = upgrade(results)
+    args, runs, modes, peers = results["args"], results["runs"], results["modes"], results["peers"]
     m, db = results["machine"], results["database"]
+    drift_total = results.get("drift_total") or {}
     lines = [
-        "# Benchmark: the old repair job vs `flask stats fix`",
+        "# Benchmark: the old repair job, the old job plus hints, and `flask stats fix`",
         "",
         f"Generated by `bench/run.py` on {results['date']}. Reproduce with:",
         "",
@@ -499,19 +764,29 @@ def render(results: dict) -> str:
         results["command"],
         "```",
         "",
-        f"- Scale: {args['users']:,} users; rows: "
+        f"- Scale: {args['users']:,} users; shape: {results['shape']}; rows: "
         + ", ".join(f"{t} {n:,}" for t, n in (db.get("rows") or {}).items() if n is not None)
         + ".",
+        f"- Counters' members (what the database counts): {number(results.get('members_total'))} in all; "
+        "per counter below.",
         f"- Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gb']} GB RAM, Linux {m['kernel']}, Python {m['python']}.",
         f"- MariaDB {db['version']} with default settings (buffer pool {db['buffer_pool_mb']} MB); "
         f'a private redis-server {m["redis"]} (`--save "" --appendonly no`) on a free loopback port.',
         f"- Code under test: commit {m['commit']}; ours = `{' '.join(results['ours_argv'])}`.",
-        f"- Drift: of every 10,000 members of every counter, {DRIFT_PER_10K['changed']} get a wrong score, "
+        "- Peers: old = `bench/oldway.py`, each counter's `query` as `common/cache/statistic.py` defines it "
+        "at that commit (plain GROUP BY, no index hint), fetched whole, then DEL + one ZADD in MULTI/EXEC; "
+        "hints = `bench/oldway.py --hints`, the same job with ours' stream query (`USE INDEX ()` scan hints, "
+        "member order), ours' session `tmp_table_size` and a server-side cursor. "
+        f"Ran: {', '.join(peers) or 'none'}.",
+        f"- Drift: of every 10,000 members of every counter at 1%, {DRIFT_PER_10K['changed']} get a wrong score, "
         f"{DRIFT_PER_10K['deleted']} are deleted and {DRIFT_PER_10K['stale']} stale ids are added "
-        f"({'ids within the range of the members' if args['stale_ids'] == 'in-range' else 'ids from 10**12 up'}) "
-        f"({results['drift_total']:,} members drifted in all, out of {results['members_total']:,}).",
-        "- The old way is `bench/oldway.py`: each counter's `query` as `common/cache/statistic.py` defines it "
-        "at that commit (plain GROUP BY, no index hint), fetched whole, then DEL + one ZADD in MULTI/EXEC.",
+        f"({'ids within the range of the members' if args['stale_ids'] == 'in-range' else 'ids above every member'}); "
+        "0.01% and 10% scale it (at least one stale id per counter); the same members for the same seed "
+        f"({args['seed']}).",
+        f"- Restart: Redis emptied, then `bench/traffic.py` ({TRAFFIC_WRITERS} writer threads through the app's own "
+        f"write path) runs {TRAFFIC_LEAD_SECONDS:g} s before ours starts, during ours, and stops after it; the "
+        "peers do not run. Its Redis commands and keyspace changes include the traffic's. The traffic commits rows, "
+        "so a run with this mode marks the database changed and the next run generates it anew.",
         "- Each contender runs as a subprocess under `/usr/bin/time` while a separate process PINGs "
         "the same Redis every millisecond"
         + (
@@ -524,162 +799,239 @@ def render(results: dict) -> str:
         "(PING and INFO of the bench itself excluded; commands run inside scripts are counted too), "
         "keyspace changes from the server's dirty counter.",
         "",
+        "## Summary",
+        "",
+        "| mode | old s | hints s | ours s | ours / old | ours / hints | ours' peak RSS (MB) | worst PING (ms) "
+        "| p99 PING (ms) | Redis commands | keyspace changes | members drifted | check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for scenario, title in (("empty", "From an empty Redis"), ("drift", "At 1% drift")):
-        old, ours = runs[f"old/{scenario}"], runs[f"ours/{scenario}"]
-        finished = ours["exit"] == 0
-        ours_wall = ours["wall_s"] if ours["exit"] != "timeout" else f"> {ours['wall_s']:,} (stopped)"
-        rows = [
-            (
-                "wall time (s)",
-                old["wall_s"],
-                ours_wall,
-                f"<= {TARGETS['wall_ratio']}x old",
-                finished and at_most(ours["wall_s"], TARGETS["wall_ratio"] * old["wall_s"]),
-            ),
-            (
-                "peak RSS (MB)",
-                old["rss_mb"],
-                ours["rss_mb"],
-                f"<= {TARGETS['rss_mb']} MB",
-                at_most(ours["rss_mb"], TARGETS["rss_mb"]),
-            ),
-            (
-                "worst PING (ms)",
-                old["ping"]["worst_ms"],
-                ours["ping"]["worst_ms"],
-                f"<= {TARGETS['ping_ms']} ms",
-                at_most(ours["ping"]["worst_ms"], TARGETS["ping_ms"]),
-            ),
-            ("p99 PING (ms)", old["ping"]["p99_ms"], ours["ping"]["p99_ms"], "", None),
-            (
-                "longest server stall (ms, LATENCY LATEST)",
-                old["redis"]["server_stall_ms"],
-                ours["redis"]["server_stall_ms"],
-                "",
-                None,
-            ),
-            ("Redis commands sent", old["redis"]["commands"], ours["redis"]["commands"], "", None),
-            ("Redis write commands", old["redis"]["write_commands"], ours["redis"]["write_commands"], "", None),
-        ]
-        if scenario == "drift":
-            drifted = results["drift_total"]
-            rows.append(
-                (
-                    "keyspace changes (members written)",
-                    old["redis"]["keyspace_changes"],
-                    ours["redis"]["keyspace_changes"],
-                    f"proportional to the drift ({drifted:,})",
-                    finished and ours["redis"]["keyspace_changes"] <= 2 * drifted + 100,
-                )
+    for mode in modes:
+        old, hints, ours = (runs.get(f"{who}/{mode}") or {} for who in ("old", "hints", "ours"))
+        ours_wall = wall(ours)
+        lines.append(
+            f"| {mode} | {number(old.get('wall_s'))} | {number(hints.get('wall_s'))} | {number(ours_wall)} | "
+            f"{ratio(ours_wall, old.get('wall_s'))} | {ratio(ours_wall, hints.get('wall_s'))} | "
+            f"{number(ours.get('rss_mb'))} | {number((ours.get('ping') or {}).get('worst_ms'))} | "
+            f"{number((ours.get('ping') or {}).get('p99_ms'))} | {number((ours.get('redis') or {}).get('commands'))} | "
+            f"{number((ours.get('redis') or {}).get('keyspace_changes'))} | {number(drift_total.get(mode))} | "
+            f"{(ours.get('check') or {}).get('exit', 'n/a')} |"
+        )
+    lines += ["", "## Targets (issue 11)", "", "| target | measured | result |", "|---|---:|---|"]
+    for label, value, result in targets(results):
+        shown = f"{value:.3f}" if "/" in label and isinstance(value, float) else number(value)
+        lines.append(f"| {label} | {shown} | {result} |")
+    lines.append("")
+    for mode in modes:
+        lines += render_mode(results, mode)
+    lines += render_counters(results)
+    if results.get("profile"):
+        lines += render_profile(results)
+    raw = f"results-{args['users']}-{results['shape']}.json"
+    lines += ["", f"Raw measurements: `bench/data/{raw}` (not committed).", ""]
+    return "\n".join(lines)
+
+
+def render_mode(results, mode) -> list:
+    runs = results["runs"]
+    contenders = [(who, runs[f"{who}/{mode}"]) for who in ("old", "hints", "ours") if f"{who}/{mode}" in runs]
+    ours = runs.get(f"ours/{mode}") or {}
+    old, hints = runs.get(f"old/{mode}") or {}, runs.get(f"hints/{mode}") or {}
+    names = {"old": "old way", "hints": "old + hints", "ours": "ours"}
+    rows = [
+        ("wall time (s)", lambda r: wall(r) if r is ours else r["wall_s"]),
+        ("peak RSS (MB)", lambda r: r["rss_mb"]),
+        ("worst PING (ms)", lambda r: r["ping"]["worst_ms"]),
+        ("p99 PING (ms)", lambda r: r["ping"]["p99_ms"]),
+        ("longest server stall (ms, LATENCY LATEST)", lambda r: r["redis"]["server_stall_ms"]),
+        ("Redis commands sent", lambda r: r["redis"]["commands"]),
+        ("Redis write commands", lambda r: r["redis"]["write_commands"]),
+        ("keyspace changes (members written)", lambda r: r["redis"]["keyspace_changes"]),
+    ]
+    peers = [who for who, _ in contenders if who != "ours"]
+    lines = [
+        f"## {MODE_TITLES[mode]} (`{mode}`)",
+        "",
+        "| metric | "
+        + " | ".join(names[who] for who, _ in contenders)
+        + "".join(f" | ours / {who}" for who in peers)
+        + " |",
+        "|---|" + "---:|" * (len(contenders) + len(peers)),
+    ]
+    for label, metric in rows:
+        values = {who: metric(run) for who, run in contenders}
+        lines.append(
+            f"| {label} | "
+            + " | ".join(number(values[who]) for who, _ in contenders)
+            + "".join(f" | {ratio(values.get('ours'), values[who])}" for who in peers)
+            + " |"
+        )
+    status = []
+    drifted = (results.get("drift_total") or {}).get(mode)
+    if drifted:
+        status.append(
+            f"{drifted:,} members drifted; ours wrote {number((ours.get('redis') or {}).get('keyspace_changes'))} "
+            "(target: proportional to the drift, at most twice it + 100: "
+            + verdict(finished(ours) and ours["redis"]["keyspace_changes"] <= 2 * drifted + 100)
+            + ")"
+        )
+    for who, run in contenders:
+        if run["exit"]:
+            status.append(f"{names[who]} exited {run['exit']}")
+    if ours.get("check"):
+        c = ours["check"]
+        exact = "exact" if c["exit"] == 0 else "NOT exact"
+        status.append(f"`flask stats check` afterwards: exit {c['exit']} ({exact}, {c['seconds']} s)")
+    traffic = ours.get("traffic")
+    if traffic:
+        status.append(
+            f"traffic: {number(traffic.get('sent'))} requests sent in {number(traffic.get('seconds'))} s "
+            f"({number((traffic.get('start') or {}).get('writers'))} writers over "
+            f"{number((traffic.get('start') or {}).get('users'))} sampled users), "
+            f"{number(traffic.get('unexpected'))} unexpected answers, exit {traffic.get('exit')}"
+        )
+    report = ours.get("report") or {}
+    if report.get("totals"):
+        t = report["totals"]
+        status.append(
+            "ours reported "
+            + ", ".join(
+                f"{k} {t[k]:,}" for k in ("scanned", "wrong", "added", "changed", "removed", "skipped") if k in t
             )
-        else:
-            rows.append(
-                (
-                    "keyspace changes (members written)",
-                    old["redis"]["keyspace_changes"],
-                    ours["redis"]["keyspace_changes"],
-                    "",
-                    None,
-                )
-            )
-        lines += [
-            f"## {title}",
-            "",
-            "| metric | old way | ours | ours / old | target | result |",
-            "|---|---:|---:|---:|---|---|",
-        ]
-        for label, a, b, target, ok in rows:
-            lines.append(
-                f"| {label} | {number(a)} | {number(b)} | {ratio(b, a)} | {target} | "
-                f"{'' if ok is None else verdict(ok)} |"
-            )
-        status = []
-        for name, run in (("old way", old), ("ours", ours)):
-            if run["exit"]:
-                status.append(f"{name} exited {run['exit']}")
-        if ours.get("check"):
+        )
+    for who, run in contenders:
+        slow = run["redis"].get("slow_commands") or []
+        if slow:
+            shown = "; ".join(f"{e['ms']} ms `{e['command']}`" for e in slow[:3])
             status.append(
-                f"`flask stats check` afterwards: exit {ours['check']['exit']} "
-                + (
-                    f"(exact, {ours['check']['seconds']} s)"
-                    if ours["check"]["exit"] == 0
-                    else f"(NOT exact, {ours['check']['seconds']} s)"
-                    if isinstance(ours["check"]["exit"], int)
-                    else ""
-                )
+                f"{names[who]}: {run['redis']['slow_command_count']} command(s) took 5 ms or more inside Redis; "
+                f"longest: {shown}"
             )
-        report = ours.get("report") or {}
-        if report.get("totals"):
-            t = report["totals"]
+    for who, run in (("old", old), ("hints", hints)):
+        if run.get("report"):
             status.append(
-                "ours reported "
-                + ", ".join(f"{k} {t[k]:,}" for k in ("scanned", "wrong", "added", "changed", "removed", "skipped"))
+                f"{names[who]}: {run['report']['query_seconds']} s in its queries, "
+                f"{run['report']['redis_seconds']} s in Redis, {run['report']['members']:,} members"
             )
-        for name, run in (("old way", old), ("ours", ours)):
-            slow = run["redis"].get("slow_commands") or []
-            if slow:
-                shown = "; ".join(f"{e['ms']} ms `{e['command']}`" for e in slow[:3])
-                status.append(
-                    f"{name}: {run['redis']['slow_command_count']} command(s) took 5 ms or more inside Redis; "
-                    f"longest: {shown}"
-                )
-        if old.get("report"):
-            status.append(
-                f"old way: {old['report']['query_seconds']} s in its GROUP BY queries, "
-                f"{old['report']['redis_seconds']} s in Redis, {old['report']['members']:,} members"
-            )
-        lines += [""] + [f"- {s}" for s in status] + [""]
-    lines += [
+    return lines + [""] + [f"- {s}" for s in status] + [""]
+
+
+def render_counters(results) -> list:
+    runs, modes = results["runs"], results["modes"]
+    members = results.get("members") or {}
+
+    def per_counter(name) -> dict:
+        run = runs.get(name) or {}
+        return {c["counter"]: c for c in (run.get("report") or {}).get("counters") or run.get("counters_logged") or []}
+
+    old, hints = per_counter("old/empty"), per_counter("hints/empty")
+    ours = {mode: per_counter(f"ours/{mode}") for mode in modes}
+    lines = [
         "## Per counter",
         "",
-        "| counter | members | old: query s | old: Redis s | ours from empty s | ours at drift s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Old and hints from an empty Redis; ours' seconds per mode.",
+        "",
+        "| counter | members | old: query s | old: Redis s | hints: query s | hints: Redis s | "
+        + " | ".join(f"ours {mode} s" for mode in modes)
+        + " |",
+        "|---|" + "---:|" * (5 + len(modes)),
     ]
-    old_counters = {c["counter"]: c for c in (runs["old/empty"].get("report") or {}).get("counters", [])}
-    ours_empty, ours_drift = (
-        {c["counter"]: c for c in (runs[name].get("report") or {}).get("counters") or runs[name]["counters_logged"]}
-        for name in ("ours/empty", "ours/drift")
-    )
     for counter in COUNTERS:
-        o = old_counters.get(counter.key, {})
+        o, h = old.get(counter.key, {}), hints.get(counter.key, {})
+        count = members.get(counter.key, o.get("members"))
         lines.append(
-            f"| `{counter.key}` | {o.get('members', 0):,} | {o.get('query_seconds', '')} | "
-            f"{o.get('redis_seconds', '')} | {ours_empty.get(counter.key, {}).get('seconds', '')} | "
-            f"{ours_drift.get(counter.key, {}).get('seconds', '')} |"
+            f"| `{counter.key}` | {number(count)} | {o.get('query_seconds', '')} | {o.get('redis_seconds', '')} | "
+            f"{h.get('query_seconds', '')} | {h.get('redis_seconds', '')} | "
+            + " | ".join(str(ours[mode].get(counter.key, {}).get("seconds", "")) for mode in modes)
+            + " |"
         )
-    lines += ["", "Raw measurements: `bench/data/results-{}.json` (not committed).".format(args["users"]), ""]
-    return "\n".join(lines)
+    return lines + [""]
+
+
+def render_profile(results) -> list:
+    lines = [
+        "## Where the time goes",
+        "",
+        f"Ours ran once more per mode under py-spy (`py-spy record -r {PROFILE_RATE} -f raw`), from the same "
+        "starting state, unmeasured (the figures above are from the run without it). Inclusive: the share of "
+        "samples whose stack holds the function; self: the share it was running itself. py-spy leaves idle "
+        "threads out; the command-line, thread-start and module-body (import) frames are not shown.",
+        "",
+    ]
+    for mode, profile in results["profile"].items():
+        lines += [
+            f"### {mode}",
+            "",
+            f"{profile.get('samples', 0):,} samples; exit {profile.get('exit')}, {profile.get('wall_s')} s under py-spy"
+            + (f"; check exit {profile['check']['exit']}" if profile.get("check") else "")
+            + ".",
+            "",
+            "| function | inclusive | self |",
+            "|---|---:|---:|",
+        ]
+        for f in profile.get("functions", []):
+            lines.append(f"| `{f['function']}` | {f['inclusive']:.1%} | {f['self']:.1%} |")
+        lines.append("")
+    return lines
 
 
 # -- the run -----------------------------------------------------------------------------
 
 
 def database_arguments(parser):
-    """Add the options naming the bench database and the drift seed."""
+    """Add the options naming the bench database, its shape and the drift seed."""
     parser.add_argument("--database", default=DATABASE)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3306)
     parser.add_argument("--user", default="root")
     parser.add_argument("--password", default="")
+    parser.add_argument("--shape", choices=SHAPES, default=DEFAULT_SHAPE, help=f"data shape [{DEFAULT_SHAPE}]")
     parser.add_argument("--seed", type=int, default=2026, help="drift seed")
 
 
 def ensure_database(args, log, regenerate=False) -> dict:
-    """Generate the bench database at ``args.users`` unless it already holds them; return its facts."""
+    """Generate the bench database at ``args.users`` and ``args.shape`` unless it already
+    holds them; return its facts."""
+    shape = getattr(args, "shape", DEFAULT_SHAPE)
     facts = database_facts(args)
-    if not regenerate and (facts.get("rows") or {}).get("user_basic") == args.users:
-        log(f"{args.database} already holds {args.users:,} users; reusing it")
+    if not regenerate and (facts.get("rows") or {}).get("user_basic") == args.users and facts.get("shape") == shape:
+        log(f"{args.database} already holds {args.users:,} users, shape {shape}; reusing it")
         return facts
-    log(f"generating {args.database} at {args.users:,} users")
+    if facts.get("comment"):
+        log(f"{args.database} says {facts['comment']!r}")
+    log(f"generating {args.database} at {args.users:,} users, shape {shape}")
     connection = ["--host", args.host, "--port", str(args.port), "--user", args.user, "--password", args.password]
-    generate.main(["--users", str(args.users), "--database", args.database, *connection])
+    generate.main(["--users", str(args.users), "--database", args.database, "--shape", shape, *connection])
     return database_facts(args)
+
+
+def comma_list(choices):
+    """An argparse type: a comma-separated list of ``choices``, in the order of ``choices``."""
+
+    def parse(text):
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected some of {','.join(choices)}, got {text!r}")
+        return [name for name in choices if name in names]
+
+    return parse
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000, help="scale [1000000]")
+    parser.add_argument(
+        "--modes",
+        type=comma_list(MODES),
+        default=list(MODES),
+        help=f"comma-separated modes to run, always in this order [{','.join(MODES)}]",
+    )
+    parser.add_argument(
+        "--peers",
+        type=comma_list(tuple(PEERS)),
+        default=list(PEERS),
+        help=f"comma-separated peers to compare ours with [{','.join(PEERS)}]",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="--jobs passed to flask stats fix and check [1]")
     parser.add_argument("--batch-size", type=int, default=None, help="--batch-size passed to flask stats fix")
     parser.add_argument("--regenerate", action="store_true", help="generate the database even if it has this scale")
@@ -688,7 +1040,10 @@ def main(argv=None):
         "--stale-ids",
         choices=("in-range", "high"),
         default="in-range",
-        help="stale members added by the drift: ids within the members' range [default], or from 10**12 up",
+        help="stale members added by the drift: ids within the members' range [default], or above them all",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also run ours once per mode under py-spy and report where time goes"
     )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per contender [3600]")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown report to write")
@@ -697,6 +1052,8 @@ def main(argv=None):
     if args.render:
         Path(args.results).write_text(render(json.loads(Path(args.render).read_text())))
         return
+    if args.profile and not Path(PY_SPY).exists():
+        parser.error(f"--profile needs py-spy at {PY_SPY} (requirements-dev.txt)")
     command = ".venv/bin/python -m bench.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     def log(text):
@@ -706,67 +1063,136 @@ def main(argv=None):
 
     code = machine()  # the code under test, as the run starts
     database_url = generate.database_url(args.host, args.port, args.user, args.password, args.database)
-    logs = DATA / f"logs-{args.users}"
+    logs = DATA / f"logs-{args.users}-{args.shape}"
     logs.mkdir(parents=True, exist_ok=True)
-    old_argv = [PYTHON, "-m", "bench.oldway"]
     ours_argv = [FLASK, "stats", "fix", "--json", "--jobs", str(args.jobs)]
     if args.batch_size:
         ours_argv += ["--batch-size", str(args.batch_size)]
-    runs = {}
-    with PrivateRedis() as server:
-        env = contender_env(server.url, database_url)
-        client = server.client()
-        writes = write_commands(client)
-        reniced = server.reniced
-        log(f"private redis-server on port {server.port}")
-
-        def contender(name, scenario, argv):
-            log(f"{name} / {scenario}: running")
-            run = run_contender(name, argv, server, env, str(logs / f"{name}-{scenario}"), args.timeout, writes)
-            log(
-                f"{name} / {scenario}: exit {run['exit']}, {run['wall_s']} s, {run['rss_mb']} MB, "
-                f"worst PING {run['ping']['worst_ms']} ms, {run['redis']['commands']:,} commands, "
-                f"{run['redis']['keyspace_changes']:,} keyspace changes"
-            )
-            runs[f"{name}/{scenario}"] = run
-            return run
-
-        def verify(run, scenario):
-            if run["exit"] == "timeout":
-                run["check"] = {"exit": "not run (the fix did not finish)", "seconds": 0}
-            else:
-                run["check"] = check(env, str(logs / f"check-{scenario}"), args.jobs, args.timeout)
-            log(f"flask stats check after ours / {scenario}: exit {run['check']['exit']}")
-
-        client.flushall()
-        contender("old", "empty", old_argv)
-        client.flushall()
-        verify(contender("ours", "empty", ours_argv), "empty")
-        members_total = sum(client.zcard(c.key) for c in COUNTERS)
-        save_baseline(server)
-
-        restore_baseline(server)
-        drifted = drift(client, args.seed, args.stale_ids)
-        contender("old", "drift", old_argv)
-        restore_baseline(server)
-        drift(client, args.seed, args.stale_ids)
-        verify(contender("ours", "drift", ours_argv), "drift")
-
-    drift_total = sum(d["changed"] + d["deleted"] + d["stale"] for d in drifted.values())
+    runs, drifts, profiles = {}, {}, {}
+    members = {}
+    raw = DATA / f"results-{args.users}-{args.shape}.json"
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": command,
         "args": vars(args),
+        "shape": args.shape,
+        "peers": args.peers,
         "machine": code,
         "database": facts,
         "ours_argv": ["flask"] + ours_argv[1:],
-        "members_total": members_total,
-        "reniced": reniced,
-        "drift": drifted,
-        "drift_total": drift_total,
-        "runs": runs,
     }
-    (DATA / f"results-{args.users}.json").write_text(json.dumps(results, indent=2, default=str))
+    with PrivateRedis() as server:
+        results["reniced"] = server.reniced
+        env = contender_env(server.url, database_url)
+        # The hints peer reads as many rows at a time as ours does.
+        peer_env = env | ({"STATS_BATCH_SIZE": str(args.batch_size)} if args.batch_size else {})
+        client = server.client()
+        writes = write_commands(client)
+        log(f"private redis-server on port {server.port}")
+        baseline = False
+
+        def make_baseline():
+            """Keep the correct counters aside; made by the old way when ours did not leave them."""
+            client.flushdb()
+            log("baseline: running the old way (unmeasured) to build the correct counters")
+            done = subprocess.run(
+                [PYTHON, *PEERS["old"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
+            )
+            if done.returncode:
+                raise RuntimeError(f"the old way failed to build the baseline: {done.stderr[-2000:]}")
+            save_baseline(server)
+
+        def prepare(mode) -> dict:
+            """Put Redis in the mode's starting state; return what was drifted."""
+            if mode in ("empty", "restart"):
+                client.flushdb()  # db 1 holds the baseline
+                return {}
+            if not baseline:
+                raise RuntimeError("no baseline")
+            restore_baseline(server)
+            if mode in DRIFT_FACTORS:
+                return drift(client, args.seed, args.stale_ids, DRIFT_FACTORS[mode])
+            return {}
+
+        def contender(name, mode, argv, contender_env=env):
+            log(f"{name} / {mode}: running")
+            run = run_contender(name, argv, server, contender_env, str(logs / f"{name}-{mode}"), args.timeout, writes)
+            log(
+                f"{name} / {mode}: exit {run['exit']}, {run['wall_s']} s, {run['rss_mb']} MB, "
+                f"worst PING {run['ping']['worst_ms']} ms, {run['redis']['commands']:,} commands, "
+                f"{run['redis']['keyspace_changes']:,} keyspace changes"
+            )
+            runs[f"{name}/{mode}"] = run
+            return run
+
+        def verify(run, mode, prefix="check"):
+            if run["exit"] == "timeout":
+                run["check"] = {"exit": "not run (the fix did not finish)", "seconds": 0}
+            else:
+                run["check"] = check(env, str(logs / f"{prefix}-{mode}"), args.jobs, args.timeout)
+            log(f"flask stats check after ours / {mode}: exit {run['check']['exit']}")
+
+        def ours_under_traffic(mode, run_ours):
+            """Start the traffic, let it recreate keys, run ours, stop the traffic.
+
+            The traffic commits rows: the database is marked changed first, so that the
+            next run generates it anew rather than measure on rows the seed did not make.
+            """
+            with contextlib.closing(connect(args)) as conn, conn.cursor() as cur:
+                generate.mark_changed(cur, args.database, args.shape)
+            with TrafficProcess(env, str(logs / f"traffic-{mode}"), args.seed, args.timeout + 600) as traffic:
+                log(f"traffic: {traffic.summary['start']}")
+                time.sleep(TRAFFIC_LEAD_SECONDS)
+                run = run_ours()
+            run["traffic"] = traffic.summary
+            log(
+                f"traffic: {traffic.summary.get('sent', 0):,} requests sent, "
+                f"{traffic.summary.get('unexpected', 'unknown')} unexpected answers, exit {traffic.summary['exit']}"
+            )
+            return run
+
+        def write_results(done: list):
+            """Write the results JSON of the modes done so far (a run stopped half way keeps them)."""
+            results.update(modes=list(done), members=members, runs=runs, drift=drifts, profile=profiles)
+            results["members_total"] = sum(members.values()) if members else None
+            results["drift_total"] = {
+                mode: sum(d["changed"] + d["deleted"] + d["stale"] for d in ds.values()) for mode, ds in drifts.items()
+            }
+            raw.write_text(json.dumps(results, indent=2, default=str))
+
+        for done, mode in enumerate(args.modes):
+            write_results(args.modes[:done])
+            if mode not in ("empty", "restart") and not baseline:
+                make_baseline()
+                baseline = True
+            if mode != "restart":
+                for peer in args.peers:
+                    prepare(mode)
+                    contender(peer, mode, [PYTHON, *PEERS[peer]], peer_env)
+            drifts[mode] = prepare(mode)
+            if mode == "restart":
+                run = ours_under_traffic(mode, lambda m=mode: contender("ours", m, ours_argv))
+            else:
+                run = contender("ours", mode, ours_argv)
+            verify(run, mode)
+            if mode == "empty" and run["check"]["exit"] == 0:
+                save_baseline(server)
+                baseline = True
+            if baseline and not members:
+                saved = server.client(db=1)
+                members = {c.key: saved.zcard(c.key) for c in COUNTERS}
+            if args.profile:
+                log(f"ours / {mode}: running again under py-spy")
+                prepare(mode)
+                prefix = str(logs / f"profile-{mode}")
+                if mode == "restart":
+                    profile = ours_under_traffic(mode, lambda p=prefix: profiled(ours_argv, env, p, args.timeout))
+                else:
+                    profile = profiled(ours_argv, env, prefix, args.timeout)
+                verify(profile, mode, prefix="profile-check")
+                profiles[mode] = profile
+                log(f"ours / {mode} under py-spy: exit {profile['exit']}, {profile['samples']:,} samples")
+        write_results(args.modes)
     Path(args.results).write_text(render(results))
     log(f"wrote {args.results}")
 

@@ -1,20 +1,40 @@
-"""The benchmarks run small in CI: a few hundred users, every scenario, the results file written.
+"""The benchmarks run small in CI: a few hundred users, every mode, the results file written.
 
 The full runs (a million users) are by hand; these prove the harness still measures both
-contenders, that ours leaves Redis equal to the database (``flask stats check`` exits 0
-after every run of ours) and that the figures reach the results file.
+peers and ours in every mode, on both data shapes, that ours leaves Redis equal to the
+database (``flask stats check`` exits 0 after every run of ours, under traffic too) and
+that the figures reach the results file.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from bench.run import MODES, profile_functions, profiled
+from common.cache.statistic import COUNTERS
 from tests.conftest import DATABASE_URL
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Columns holding user or comment ids, snowflake ids in the loguniform shape (comments
+#: with no parent are NULL, which MIN skips).
+SNOWFLAKE_COLUMNS = [
+    ("user_basic", "user_id"),
+    ("user_relation", "user_id"),
+    ("user_relation", "target_user_id"),
+    ("news_article_basic", "user_id"),
+    ("news_collection", "user_id"),
+    ("news_attitude", "user_id"),
+    ("news_comment", "comment_id"),
+    ("news_comment", "user_id"),
+    ("news_comment", "parent_id"),
+    ("news_comment_liking", "user_id"),
+    ("news_comment_liking", "comment_id"),
+]
 
 
 def bench_options(suffix) -> list:
@@ -38,26 +58,99 @@ def run_module(module, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_bench_run_compares_the_old_way_with_ours_and_writes_its_figures(tmp_path):
+def test_bench_run_measures_every_mode_on_both_peers_and_writes_its_figures(tmp_path):
     results = tmp_path / "RESULTS.md"
 
     done = run_module("bench.run", "--users", "300", "--regenerate", *bench_options("bench"), "--results", str(results))
 
     assert done.returncode == 0, done.stderr[-3000:]
     report = results.read_text()
-    assert "- Scale: 300 users; rows: user_basic 300," in report
-    for scenario in ("old / empty", "ours / empty", "old / drift", "ours / drift"):
-        assert f"{scenario}: exit 0" in done.stdout, scenario
-    assert done.stdout.count("flask stats check after ours") == 2
-    assert "flask stats check after ours / empty: exit 0" in done.stdout
-    assert "flask stats check after ours / drift: exit 0" in done.stdout
-    figures = json.loads((ROOT / "bench" / "data" / "results-300.json").read_text())
-    assert {name: run["exit"] for name, run in figures["runs"].items()} == {
-        "old/empty": 0,
-        "ours/empty": 0,
-        "old/drift": 0,
-        "ours/drift": 0,
+    assert "- Scale: 300 users; shape: skewed; rows: user_basic 300," in report
+    for section in ("## Summary", "## Targets (issue 11)", "## Per counter"):
+        assert section in report
+    for mode in MODES:
+        contenders = ("ours",) if mode == "restart" else ("old", "hints", "ours")
+        for name in contenders:
+            assert f"{name} / {mode}: exit 0" in done.stdout, (name, mode)
+        assert f"flask stats check after ours / {mode}: exit 0" in done.stdout, mode
+        assert f"(`{mode}`)" in report
+    assert done.stdout.count("flask stats check after ours") == len(MODES)
+    figures = json.loads((ROOT / "bench" / "data" / "results-300-skewed.json").read_text())
+    expected = {f"{name}/{mode}" for mode in MODES for name in ("old", "hints", "ours")} - {
+        "old/restart",
+        "hints/restart",
     }
+    assert {name: run["exit"] for name, run in figures["runs"].items()} == dict.fromkeys(expected, 0)
+    assert all(figures["runs"][f"ours/{mode}"]["check"]["exit"] == 0 for mode in MODES)
+    drifted = figures["drift_total"]
+    assert drifted["quiet"] == 0
+    assert len(COUNTERS) <= drifted["drift-0.01"] <= drifted["drift-1"] < drifted["drift-10"]
+    traffic = figures["runs"]["ours/restart"]["traffic"]
+    assert traffic["sent"] > 0 and traffic["unexpected"] == 0 and traffic["exit"] == 0
+
+
+def test_bench_run_on_snowflake_ids_and_loguniform_targets_keeps_every_check_exact(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    options = bench_options("bench_loguniform")
+
+    done = run_module(
+        "bench.run", "--users", "300", "--shape", "loguniform", "--modes", "empty,drift-1,restart",
+        *options, "--results", str(results),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shape: loguniform" in results.read_text()
+    figures = json.loads((ROOT / "bench" / "data" / "results-300-loguniform.json").read_text())
+    assert figures["shape"] == figures["database"]["shape"] == "loguniform"
+    assert {name: run["exit"] for name, run in figures["runs"].items()} == dict.fromkeys(
+        ["old/empty", "hints/empty", "ours/empty", "old/drift-1", "hints/drift-1", "ours/drift-1", "ours/restart"], 0
+    )
+    for mode in ("empty", "drift-1", "restart"):
+        assert figures["runs"][f"ours/{mode}"]["check"]["exit"] == 0, mode
+    database = options[options.index("--database") + 1]
+    engine = create_engine(make_url(DATABASE_URL).set(database=database))
+    try:
+        with engine.connect() as conn:
+            smallest = {
+                (table, column): conn.execute(text(f"SELECT MIN({column}) FROM {table}")).scalar()
+                for table, column in SNOWFLAKE_COLUMNS
+            }
+            comment = conn.execute(
+                text("SELECT schema_comment FROM information_schema.schemata WHERE schema_name = :name"),
+                {"name": database},
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert all(value > 10**18 for value in smallest.values()), smallest
+    # The restart mode's traffic wrote rows: the next run must not take them for generated ones.
+    assert comment == "bench.generate: shape=loguniform, rows changed after generation"
+
+
+def test_profile_counts_each_function_once_per_sample_and_leaves_the_plumbing_out():
+    raw = (
+        "<module> (flask:8);Group.main (click/core.py:1);fix (toutiao/cli/stats.py:10);"
+        "Source.stream (common/cache/source.py:5) 3\n"
+        "<module> (flask:8);fix (toutiao/cli/stats.py:12);fix (toutiao/cli/stats.py:14) 1\n"
+        " 7\n"
+    )
+
+    profile = profile_functions(raw)
+
+    assert profile["samples"] == 4
+    assert profile["functions"] == [
+        {"function": "fix (toutiao/cli/stats.py)", "inclusive": 1.0, "self": 0.25},
+        {"function": "Source.stream (common/cache/source.py)", "inclusive": 0.75, "self": 0.75},
+    ]
+
+
+def test_profiled_runs_a_command_under_py_spy_and_finds_its_busy_function(tmp_path):
+    script = "def spin():\n    total = 0\n    for i in range(10_000_000):\n        total += i * i\n\nspin()\n"
+
+    profile = profiled([sys.executable, "-c", script], dict(os.environ), str(tmp_path / "spin"), timeout=120)
+
+    assert profile["exit"] == 0 and profile["samples"] > 0
+    assert profile["functions"][0]["function"] == "spin (<string>)"
+    assert profile["functions"][0]["inclusive"] > 0.5
 
 
 def test_bench_compare_measures_two_commits_and_every_check_passes(tmp_path):
