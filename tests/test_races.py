@@ -458,3 +458,45 @@ def test_a_stop_while_the_next_counter_is_begun_leaves_no_reader_or_query(world)
             text("SELECT info FROM information_schema.processlist WHERE info LIKE :q"), {"q": "%counted%"}
         )
         assert [q for (q,) in queries if "processlist" not in q] == []
+
+
+# -- the sweep's walk over the set ----------------------------------------------------------
+
+
+def move_an_anchor(engine, redis, cp, user):
+    """Follow the last member of the page just read (through the app's write path), so the
+    anchor the next page would start from has another score."""
+    page = [c for n, c in cp.reached if n == "sweep_batch"][-1]["members"]
+    follow(engine, redis, user, int(page[-1])).run()
+
+
+@pytest.mark.parametrize("anchors, first", [(16, 2), (1, 1)])  # (1, 1): the only anchor moves
+def test_strays_after_a_page_whose_anchor_moved_are_still_removed(world, monkeypatch, anchors, first):
+    from common.cache import repair
+
+    monkeypatch.setattr(repair, "ANCHORS", anchors)
+    engine, redis = world
+    redis.zadd(KEY, {str(70 + i): 1 + i % 3 for i in range(8)})  # strays among the members
+    cp = Checkpoints()
+    cp.at("sweep_batch", lambda: move_an_anchor(engine, redis, cp, 950), counter=KEY, nth=first)
+    cp.at("sweep_batch", lambda: move_an_anchor(engine, redis, cp, 951), counter=KEY, nth=4)
+
+    run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+
+
+def test_a_set_that_keeps_moving_under_the_sweep_fails_the_counter_and_says_so(world, monkeypatch):
+    from common.cache import repair
+
+    monkeypatch.setattr(repair, "ANCHORS", 1)
+    monkeypatch.setattr(repair, "RESTARTS", 0)
+    engine, redis = world
+    redis.zadd(KEY, {"77": 2})
+    cp = Checkpoints().at("sweep_batch", lambda: move_an_anchor(engine, redis, cp, 950), counter=KEY)
+
+    report = run(engine, redis, checkpoint=cp)
+
+    assert "kept changing under the sweep" in result_of(report).error
+    assert run(engine, redis).failed == [] and exact(engine, redis, FOLLOWERS)
