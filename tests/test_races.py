@@ -500,3 +500,17 @@ def test_a_set_that_keeps_moving_under_the_sweep_fails_the_counter_and_says_so(w
 
     assert "kept changing under the sweep" in result_of(report).error
     assert run(engine, redis).failed == [] and exact(engine, redis, FOLLOWERS)
+
+
+def test_a_missing_key_begun_ahead_is_rebuilt_exactly_with_follows_before_its_claim(world):
+    engine, redis = world
+    redis.delete(KEY)
+    cp = Checkpoints()
+    cp.at("snapshot", lambda: follow(engine, redis, 900, 22).run(), counter=KEY)
+    cp.at("claim", lambda: follow(engine, redis, 901, 23).run(), counter=KEY)
+
+    report = run(engine, redis, (FOLLOWINGS, FOLLOWERS), checkpoint=cp)
+
+    cp.assert_fired()
+    assert result_of(report).mode == "rebuild"
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)

@@ -246,9 +246,10 @@ class RepairEngine:
         ids = self.source.ids_estimate(counter)
         return ids is not None and ids >= self.sparse_min_ids and self.redis.zcard(counter.key) < ids * SPARSE_SHARE
 
-    def streamed(self, counter):
-        """``counter`` has read its stream: when counters go one at a time, begin the next
-        one and start its query, so the database computes it while this one finishes."""
+    def begin_next(self, counter):
+        """``counter``'s rows are arriving (its query has done its work): when counters go
+        one at a time, begin the next one and start its query, so the database computes
+        it while this one streams, sweeps and catches up. Once per counter."""
         following = self._next.get(counter.key)
         if following is None or following.key in self._ahead or self._stop.is_set():
             return
@@ -257,9 +258,16 @@ class RepairEngine:
         except (RedisError, SQLAlchemyError) as exc:  # it meets the error again in its own turn, and reports it
             log.info("could not begin %s ahead: %s", following.key, one_line(exc))
             return
-        stream = None
-        if kind == "zset" and not self.rebuild or self.dry_run and kind == "none":
-            stream = self.source.stream(following, self.shard, on_snapshot=lambda: self.at("snapshot", following))
+        stream, shard = None, self.shard
+        if self.dry_run:
+            reads = kind in ("zset", "none")
+        else:
+            # A rebuild reads every member; an unsharded run holds the counter alone, so
+            # its rebuild claim is its own and the stream may start before it is taken.
+            reads = kind == "zset" and not self.rebuild or self.shard is None
+            shard = shard if kind == "zset" and not self.rebuild else None
+        if reads:
+            stream = self.source.stream(following, shard, on_snapshot=lambda: self.at("snapshot", following))
         self._ahead[following.key] = (kind, stream)
 
     def take_stream(self, counter, shard):

@@ -166,12 +166,13 @@ class CounterRepair:
         self.result.mode = "check" if self.dry_run else "reconcile"
         with self.stream(self.run.shard) as batches:
             for chunk in batches:
+                self.run.begin_next(self.counter)  # its rows arrive: the next query may start
                 self.run.beat()
                 self._compare(chunk)
                 self.result.scanned += len(chunk)
                 self.run.on_progress(self.key, len(chunk))
                 self.candidates.settle(force=False)
-        self.run.streamed(self.counter)
+        self.run.begin_next(self.counter)
         self._sweep()
         self.candidates.settle(force=True)
 
@@ -269,12 +270,13 @@ class CounterRepair:
         self.result.note = f"key holds a {kind}, not a sorted set"
         with self.stream(self.run.shard) as batches:
             for chunk in batches:
+                self.run.begin_next(self.counter)
                 self.run.beat()
                 self.result.scanned += len(chunk)
                 self.result.wrong += len(chunk)
                 for member_id, count in zip(chunk.ids, chunk.counts):
                     self.example(member_id, f"<{kind} key>", count)
-        self.run.streamed(self.counter)
+        self.run.begin_next(self.counter)
 
     # -- candidates ---------------------------------------------------------------------
 
@@ -302,10 +304,12 @@ class CounterRepair:
         try:
             with self.stream(None) as batches:
                 for chunk in batches:
+                    self.run.begin_next(self.counter)
                     self.run.beat()
-                    mapping = dict(zip(map(str, chunk.ids), chunk.counts))
+                    members = list(map(str, chunk.ids))
                     if kind == "zset":
-                        for (member, count), score in zip(mapping.items(), self.redis.zmscore(self.key, list(mapping))):
+                        scores = self.redis.zmscore(self.key, members)
+                        for member, count, score in zip(members, chunk.counts, scores):
                             present += score is not None
                             if not same(score, count):
                                 result.wrong += 1
@@ -313,14 +317,14 @@ class CounterRepair:
                                 result.changed += score is not None
                                 self.example(member, score, count)
                     else:
-                        result.wrong += len(mapping)
-                        result.added += len(mapping)
-                    self.redis.zadd(staging, mapping)
-                    self.at("rebuild_batch", members=list(mapping))
-                    written += len(mapping)
-                    result.scanned += len(mapping)
-                    self.run.on_progress(self.key, len(mapping))
-            self.run.streamed(self.counter)
+                        result.wrong += len(members)
+                        result.added += len(members)
+                    self.redis.execute_command("ZADD", staging, *chain.from_iterable(zip(chunk.counts, members)))
+                    self.at("rebuild_batch", members=members)
+                    written += len(members)
+                    result.scanned += len(members)
+                    self.run.on_progress(self.key, len(members))
+            self.run.begin_next(self.counter)
             self.run.beat()
             answer = _SWAP(self.redis, [self.key, keys.runs(self.key), staging], [self.lease, written])
             if answer == -1:
