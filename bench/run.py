@@ -24,7 +24,7 @@ every ``--peers``:
      anew (``bench.generate.mark_changed``).
 
    The baseline of a run without ``empty`` (or whose ``empty`` check failed) is made by
-   an unmeasured run of the old way.
+   an unmeasured run of the old way plus hints (the same counters, sooner).
 
 The peers (``bench/oldway.py``): ``old``, the original job ported faithfully; ``hints``,
 the same job with ours' stream query (scan hints, member order), session tmp table sizes
@@ -1092,11 +1092,12 @@ def main(argv=None):
         baseline = False
 
         def make_baseline():
-            """Keep the correct counters aside; made by the old way when ours did not leave them."""
+            """Keep the correct counters aside; made by the old way plus hints (the same counters as
+            the old way's, in a sixth of the time) when ours did not leave them."""
             client.flushdb()
-            log("baseline: running the old way (unmeasured) to build the correct counters")
+            log("baseline: running the old way plus hints (unmeasured) to build the correct counters")
             done = subprocess.run(
-                [PYTHON, *PEERS["old"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
+                [PYTHON, *PEERS["hints"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
             )
             if done.returncode:
                 raise RuntimeError(f"the old way failed to build the baseline: {done.stderr[-2000:]}")
