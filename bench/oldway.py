@@ -55,18 +55,24 @@ def fix_process(session, redis, counter) -> dict:
     started = time.monotonic()
     ret = session.execute(counter.query).all()
     queried = time.monotonic()
-    pl = redis.pipeline(transaction=True)
-    pl.delete(counter.key)
     redis_data = {}
     for member_id, count in ret:
         redis_data[member_id] = count
+    return replace(redis, counter, redis_data, started, queried)
+
+
+def replace(redis, counter, redis_data: dict, started: float, queried: float) -> dict:
+    """Replace the counter with ``redis_data`` as the original did (DEL + one ZADD in
+    MULTI/EXEC); return the timings and the member count."""
+    pl = redis.pipeline(transaction=True)
+    pl.delete(counter.key)
     if redis_data:  # guard: the original sent ZADD with no member here and crashed
         pl.zadd(counter.key, redis_data)
     pl.execute()
     done = time.monotonic()
     return {
         "counter": counter.key,
-        "members": len(ret),
+        "members": len(redis_data),
         "query_seconds": round(queried - started, 3),
         "redis_seconds": round(done - queried, 3),
     }
@@ -82,18 +88,7 @@ def fix_process_hinted(conn, redis, counter, yield_per: int) -> dict:
     for member_id, count in result:
         redis_data[member_id] = count
     queried = time.monotonic()
-    pl = redis.pipeline(transaction=True)
-    pl.delete(counter.key)
-    if redis_data:
-        pl.zadd(counter.key, redis_data)
-    pl.execute()
-    done = time.monotonic()
-    return {
-        "counter": counter.key,
-        "members": len(redis_data),
-        "query_seconds": round(queried - started, 3),
-        "redis_seconds": round(done - queried, 3),
-    }
+    return replace(redis, counter, redis_data, started, queried)
 
 
 def fix_statistics(app, hints=False) -> list:

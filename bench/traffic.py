@@ -71,18 +71,14 @@ class SampledTraffic(Traffic):
     """``tests.traffic.Traffic`` over sampled users, articles and comments."""
 
     def __init__(self, app, engine, seed: int, writers: int, size: int = SAMPLE):
-        # Traffic.__init__ loads whole tables; this sets the same attributes from a sample.
-        self.users, self.articles, self.comments = sample(engine, size, seed)
-        if len(self.users) < 2 or not self.articles or not self.comments:
+        self.size = size
+        super().__init__(app, engine, seed, writers)
+
+    def population(self, engine) -> tuple[list, list, list]:
+        users, articles, comments = sample(engine, self.size, self.seed)
+        if len(users) < 2 or not articles or not comments:
             raise RuntimeError("the database has too few users, approved articles or approved comments for traffic")
-        self.app = app
-        self.seed = seed
-        self.writers = writers
-        self.stop = threading.Event()
-        self.sent = 0
-        self.unexpected = []
-        self._lock = threading.Lock()
-        self._threads = []
+        return users, articles, comments
 
 
 def main(argv=None):

@@ -18,23 +18,29 @@ class Traffic:
     """Writer threads sending random follows, likes, collects, comments... through the API."""
 
     def __init__(self, app, engine, seed, writers=WRITERS):
-        approved = Article.status == Article.STATUS.APPROVED
-        with engine.connect() as conn:
-            self.users = conn.execute(select(User.id).where(User.status == User.STATUS.ENABLE)).scalars().all()
-            self.articles = conn.execute(select(Article.id).where(approved)).scalars().all()
-            self.comments = conn.execute(
-                select(Comment.id, Comment.article_id)
-                .join(Article, Article.id == Comment.article_id)
-                .where(Comment.status == Comment.STATUS.APPROVED, approved)
-            ).all()
         self.app = app
         self.seed = seed
+        self.users, self.articles, self.comments = self.population(engine)
         self.writers = writers
         self.stop = threading.Event()
         self.sent = 0
         self.unexpected = []
         self._lock = threading.Lock()
         self._threads = []
+
+    def population(self, engine) -> tuple[list, list, list]:
+        """Return the enabled users, approved articles and (comment, article) pairs of approved
+        comments on approved articles that the writers pick from: all of them."""
+        approved = Article.status == Article.STATUS.APPROVED
+        with engine.connect() as conn:
+            users = conn.execute(select(User.id).where(User.status == User.STATUS.ENABLE)).scalars().all()
+            articles = conn.execute(select(Article.id).where(approved)).scalars().all()
+            comments = conn.execute(
+                select(Comment.id, Comment.article_id)
+                .join(Article, Article.id == Comment.article_id)
+                .where(Comment.status == Comment.STATUS.APPROVED, approved)
+            ).all()
+        return users, articles, comments
 
     def start(self):
         for i in range(self.writers):
