@@ -10,6 +10,7 @@ import pytest
 import redis as redis_py
 from sqlalchemy import create_engine, text
 
+from common.cache import candidates, repair
 from common.cache.engine import RepairEngine
 from common.cache.members import Shard, parse_member
 from common.cache.statistic import COUNTERS, Statistic
@@ -262,6 +263,35 @@ def test_no_redis_command_carries_more_members_than_the_batch(engine, redis):
             assert len(args) - 2 <= 25, args[:3]
         if args[0] == "ZADD":
             assert (len(args) - 2) // 2 <= 25, args[:3]
+
+
+def test_no_redis_command_carries_more_ids_than_redis_ids_however_large_the_batch(engine, redis, monkeypatch):
+    monkeypatch.setattr(candidates, "REDIS_IDS", 7)
+    monkeypatch.setattr(candidates, "CAS_IDS", 7)
+    monkeypatch.setattr(repair, "REDIS_IDS", 7)
+    seed_database(engine, users=120)
+    spy = recording(redis)
+    fix(engine, spy, batch_size=25)
+    for key in KEYS:
+        redis.zadd(key, {str(900000 + i): 1 for i in range(60)})  # stale ids: written
+        wrong_score(engine, redis, key)
+    redis.zadd("count:art:liking", {f"junk-{i}": 1 for i in range(20)})  # not ids: removed
+    missing_key(engine, redis, "count:user:followers")  # rebuilt
+    spy.sent.clear()
+
+    fix(engine, spy, batch_size=25)
+
+    assert wrong_members(engine, redis) == {}
+    sizes = {args[0]: [] for args in spy.sent}
+    for args in spy.sent:
+        if args[0] in ("ZMSCORE", "HMGET", "SMISMEMBER"):
+            sizes[args[0]].append(len(args) - 2)
+        if args[0] == "ZADD":
+            sizes["ZADD"].append((len(args) - 2) // 2)
+        if args[0] == "EVALSHA" and int(args[2]) == 5:  # the compare-and-set script
+            sizes["EVALSHA"].append((len(args) - 9) // 3)
+    assert max(sizes["ZMSCORE"]) == 7 and max(sizes["ZADD"]) == 7, {k: max(v, default=0) for k, v in sizes.items()}
+    assert all(max(v, default=0) <= 7 for v in sizes.values()), {k: max(v, default=0) for k, v in sizes.items()}
 
 
 def test_rebuild_swaps_in_a_complete_counter_readers_never_see_it_empty(engine, redis):

@@ -11,6 +11,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
+from common.cache import candidates
 from common.cache.engine import RepairEngine
 from common.cache.members import Shard
 from common.cache.statistic import Statistic
@@ -287,6 +288,24 @@ def test_an_unannounced_increment_during_a_run_is_left_to_the_run(world):
 
     cp.assert_fired()
     assert exact(engine, redis)
+
+
+def test_a_batch_looked_at_in_parts_keeps_each_ids_answers_together(world, monkeypatch):
+    engine, redis = world
+    monkeypatch.setattr(candidates, "REDIS_IDS", 2)  # a batch of six is looked at in three parts
+    redis.zincrby(KEY, -1, "20")  # wrong in a quiet part
+    redis.zincrby(KEY, 5, "25")  # wrong in another quiet part
+    redis.zincrby(KEY, 1, "23")  # wrong beside 22, whose follow is on its way
+    write = follow(engine, redis, 900, 22)
+    cp = Checkpoints()
+    cp.at("snapshot", write.announce, counter=KEY)
+    cp.at("stream_batch", lambda: write.commit().increment(), counter=KEY)
+
+    report = run(engine, redis, batch_size=6, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+    assert result_of(report).wrong == 3  # 20, 23 and 25; 22's increment was the app's own
 
 
 def test_a_run_whose_lease_expired_writes_nothing(world):

@@ -109,11 +109,3 @@ def _post(url, target):
 
 def _delete(url):
     return "DELETE", url, None, {204, 409}
-
-
-def _post(url, target):
-    return "POST", url, {"target": target}, {201, 409}
-
-
-def _delete(url):
-    return "DELETE", url, None, {204, 409}

@@ -27,7 +27,7 @@ from collections import deque
 from itertools import chain
 
 from common.cache import keys
-from common.cache.candidates import Candidate, Candidates, same
+from common.cache.candidates import REDIS_IDS, Candidate, Candidates, same
 from common.cache.lease import FENCE
 from common.cache.members import IdBitmap, owned_by, parse_member, parse_members
 from common.cache.report import Drift
@@ -229,10 +229,11 @@ class CounterRepair:
             # Any member may anchor: one the sweep removes or writes is passed over later.
             anchors.extend(list(zip(members[len(members) - len(tail) :], tail))[-ANCHORS:])
             removed += len(strays) + len(junk)
-            for start in range(0, len(strays), self.run.batch_size):
-                self._strays(strays[start : start + self.run.batch_size])
-            if junk:
-                self._remove_junk(list(zip(junk, self.redis.zmscore(self.key, junk))))
+            for start in range(0, len(strays), REDIS_IDS):
+                self._strays(strays[start : start + REDIS_IDS])
+            for start in range(0, len(junk), REDIS_IDS):
+                part = junk[start : start + REDIS_IDS]
+                self._remove_junk(list(zip(part, self.redis.zmscore(self.key, part))))
             self.candidates.settle(force=False)
             if len(members) < self.run.batch_size:
                 return
@@ -308,7 +309,11 @@ class CounterRepair:
                     self.run.beat()
                     members = list(map(str, chunk.ids))
                     if kind == "zset":
-                        scores = self.redis.zmscore(self.key, members)
+                        scores = [
+                            score
+                            for start in range(0, len(members), REDIS_IDS)
+                            for score in self.redis.zmscore(self.key, members[start : start + REDIS_IDS])
+                        ]
                         for member, count, score in zip(members, chunk.counts, scores):
                             present += score is not None
                             if not same(score, count):
@@ -319,7 +324,11 @@ class CounterRepair:
                     else:
                         result.wrong += len(members)
                         result.added += len(members)
-                    self.redis.execute_command("ZADD", staging, *chain.from_iterable(zip(chunk.counts, members)))
+                    for start in range(0, len(members), REDIS_IDS):
+                        part = slice(start, start + REDIS_IDS)
+                        self.redis.execute_command(
+                            "ZADD", staging, *chain.from_iterable(zip(chunk.counts[part], members[part]))
+                        )
                     self.at("rebuild_batch", members=members)
                     written += len(members)
                     result.scanned += len(members)
