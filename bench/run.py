@@ -132,6 +132,33 @@ PROFILE_RATE = 100
 PROFILE_TOP = 12
 # Frames on the way to the work (the command line, threads starting, module bodies run
 # by imports): left out of the profile's table; the work under them is counted.
+# Where a profile's samples went, by stage: a sample belongs to the stage of the innermost
+# frame of its stack that one of these names (prefixes of py-spy frames), else to "other".
+STAGES = (
+    ("database: the streamed GROUP BYs (reader thread)", ("Stream._read ",)),
+    ("database: re-counts of candidates", ("CounterRepair.counts ",)),
+    ("Redis: compare batches (scores, tracking)", ("Candidates.look ", "Candidates._look ")),
+    ("Redis: compare-and-set writes", ("Candidates.write ",)),
+    ("Redis: rebuild (staging ZADD, swap)", ("CounterRepair.rebuild ",)),
+    ("Redis: sweep for strays (ZRANGE pages)", ("CounterRepair._sweep ",)),
+    ("settle: second looks at candidates", ("Candidates.settle ", "Candidates.recheck ")),
+    ("catch-up: touched ids, release", ("CounterRepair.catch_up ",)),
+    ("next counter begun (tracking, reap, type)", ("RepairEngine.begin_next ", "RepairEngine._prepare ")),
+    ("compare in Python", ("CounterRepair._compare ", "CounterRepair.reconcile ")),
+    ("lease renewal thread (waits between renewals)", ("Leases._renew_loop ",)),
+    ("lock and leases", ("Leases.",)),
+    ("startup: imports, app, CLI", ("ScriptInfo.load_app ", "<module> ", "main (flask/cli.py")),
+)
+
+
+def stage_of(frames: list) -> str:
+    for frame in reversed(frames):
+        for stage, prefixes in STAGES:
+            if frame.startswith(prefixes):
+                return stage
+    return "other"
+
+
 PLUMBING = re.compile(r"^<module> |.* \((click/|flask/cli\.py|<frozen |runpy\.py|threading\.py)")
 
 COUNTER_LINE = re.compile(
@@ -606,7 +633,7 @@ def profile_functions(raw: str, top: int = PROFILE_TOP) -> dict:
     (counted once per sample); its self share, the samples it was on top of the stack.
     Frames on the way to the work (PLUMBING) are left out; the work under them is counted.
     """
-    inclusive, own = Counter(), Counter()
+    inclusive, own, stages = Counter(), Counter(), Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -618,6 +645,7 @@ def profile_functions(raw: str, top: int = PROFILE_TOP) -> dict:
         for frame in set(frames):
             inclusive[frame] += n
         own[frames[-1]] += n
+        stages[stage_of(frames)] += n
     functions = [
         {
             "function": frame,
@@ -627,7 +655,8 @@ def profile_functions(raw: str, top: int = PROFILE_TOP) -> dict:
         for frame, n in sorted(inclusive.items(), key=lambda item: (-item[1], item[0]))
         if not PLUMBING.match(frame)
     ][:top]
-    return {"samples": total, "rate": PROFILE_RATE, "functions": functions}
+    shares = {stage: round(stages[stage] / total, 4) for stage, _ in (*STAGES, ("other", ())) if stages[stage]}
+    return {"samples": total, "rate": PROFILE_RATE, "stages": shares, "functions": functions}
 
 
 def profiled(argv, env, log_prefix, timeout) -> dict:
@@ -954,7 +983,9 @@ def render_profile(results) -> list:
         f"Ours ran once more per mode under py-spy (`py-spy record -r {PROFILE_RATE} -f raw`), from the same "
         "starting state, unmeasured (the figures above are from the run without it). Inclusive: the share of "
         "samples whose stack holds the function; self: the share it was running itself. py-spy leaves idle "
-        "threads out; the command-line, thread-start and module-body (import) frames are not shown.",
+        "threads out; the command-line, thread-start and module-body (import) frames are not shown. Stages: "
+        "each sample counted once, in the stage of the innermost frame of its stack that names one (the "
+        "reader thread's samples are the database's rows arriving, decoded and unpacked).",
         "",
     ]
     for mode, profile in results["profile"].items():
@@ -965,9 +996,12 @@ def render_profile(results) -> list:
             + (f"; check exit {profile['check']['exit']}" if profile.get("check") else "")
             + ".",
             "",
-            "| function | inclusive | self |",
-            "|---|---:|---:|",
         ]
+        if profile.get("stages"):
+            lines += ["| stage | share of samples |", "|---|---:|"]
+            lines += [f"| {stage} | {share:.1%} |" for stage, share in profile["stages"].items()]
+            lines.append("")
+        lines += ["| function | inclusive | self |", "|---|---:|---:|"]
         for f in profile.get("functions", []):
             lines.append(f"| `{f['function']}` | {f['inclusive']:.1%} | {f['self']:.1%} |")
         lines.append("")
