@@ -292,6 +292,35 @@ class Pinger:
         self.proc.join(timeout=10)
 
 
+#: Seconds the machine's own PING latency is measured for, idle and with every core busy.
+FLOOR_SECONDS = 15.0
+
+
+def _spin(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def machine_floor(port, seconds=FLOOR_SECONDS) -> dict:
+    """PING the private Redis with nothing else running, then with a busy loop on every core
+    (at nice 0, as the contenders and MariaDB run): what this machine alone does to the PING
+    figures. A hypervisor's steal or the scheduler shows here, not in a contender's cost."""
+    floor = {}
+    with Pinger(port) as idle:
+        time.sleep(seconds)
+    floor["idle"] = idle.summary
+    ctx = multiprocessing.get_context("spawn")
+    with Pinger(port) as busy:
+        spinners = [ctx.Process(target=_spin, args=(seconds,), daemon=True) for _ in range(os.cpu_count() or 1)]
+        for spinner in spinners:
+            spinner.start()
+        for spinner in spinners:
+            spinner.join()
+    floor["busy"] = busy.summary
+    return floor
+
+
 def _short(command) -> str:
     text = command.decode("utf-8", "replace") if isinstance(command, bytes) else str(command)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -779,6 +808,18 @@ def targets(results) -> list:
     return rows
 
 
+def floor_lines(floor) -> list:
+    if not floor:
+        return []
+    idle, busy = floor["idle"], floor["busy"]
+    return [
+        f"- The machine alone, before the contenders ({FLOOR_SECONDS:.0f} s each, the same PING process): "
+        f"idle, worst PING {idle['worst_ms']} ms, p99 {idle['p99_ms']} ms; with a busy loop on every core, "
+        f"worst {busy['worst_ms']} ms, p99 {busy['p99_ms']} ms. A contender's worst PING near these is the "
+        "machine's, not the contender's."
+    ]
+
+
 def render(results: dict) -> str:
     results = upgrade(results)
     args, runs, modes, peers = results["args"], results["runs"], results["modes"], results["peers"]
@@ -827,6 +868,7 @@ def render(results: dict) -> str:
         + "; Redis commands are counted from `INFO commandstats` "
         "(PING and INFO of the bench itself excluded; commands run inside scripts are counted too), "
         "keyspace changes from the server's dirty counter.",
+        *floor_lines(results.get("floor")),
         "",
         "## Summary",
         "",
@@ -1123,6 +1165,8 @@ def main(argv=None):
         client = server.client()
         writes = write_commands(client)
         log(f"private redis-server on port {server.port}")
+        results["floor"] = machine_floor(server.port)
+        log(f"the machine's own PING: idle {results['floor']['idle']}, every core busy {results['floor']['busy']}")
         baseline = False
 
         def make_baseline():
