@@ -959,6 +959,12 @@ def render_mode(results, mode) -> list:
             f"({number((traffic.get('start') or {}).get('writers'))} writers over "
             f"{number((traffic.get('start') or {}).get('users'))} sampled users), "
             f"{number(traffic.get('unexpected'))} unexpected answers, exit {traffic.get('exit')}"
+            + (
+                f"; the traffic process used {traffic['cpu_s']} CPU seconds "
+                f"({traffic['cpu_s'] / traffic['seconds']:.2f} of this machine's {results['machine']['nproc']} cores)"
+                if traffic.get("cpu_s") and traffic.get("seconds")
+                else ""
+            )
         )
     report = ours.get("report") or {}
     if report.get("totals"):

@@ -128,6 +128,7 @@ def main(argv=None):
                 "unexpected": len(traffic.unexpected),
                 "unexpected_examples": [list(map(str, u)) for u in traffic.unexpected[:5]],
                 "seconds": round(time.monotonic() - started, 2),
+                "cpu_s": round(sum(os.times()[:2]), 2),  # the writers' share of the machine
                 "stopped_by": "signal" if stop.is_set() else "limit",
             }
         ),
