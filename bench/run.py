@@ -292,6 +292,9 @@ class Pinger:
         self.proc.join(timeout=10)
 
 
+#: Drifted ids a check lists per counter (``--examples``), to compare with ours' skipped ids.
+CHECK_EXAMPLES = 100
+
 #: Seconds the machine's own PING latency is measured for, idle and with every core busy.
 FLOOR_SECONDS = 15.0
 
@@ -318,6 +321,7 @@ def machine_floor(port, seconds=FLOOR_SECONDS) -> dict:
         for spinner in spinners:
             spinner.join()
     floor["busy"] = busy.summary
+    floor["seconds"] = seconds
     return floor
 
 
@@ -528,7 +532,7 @@ def check(env, log_prefix, jobs, timeout) -> dict:
     with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
         try:
             proc = subprocess.run(
-                [FLASK, "stats", "check", "--json", "--jobs", str(jobs)],
+                [FLASK, "stats", "check", "--json", "--jobs", str(jobs), "--examples", str(CHECK_EXAMPLES)],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -538,7 +542,36 @@ def check(env, log_prefix, jobs, timeout) -> dict:
             code = proc.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
-    return {"exit": code, "seconds": round(time.monotonic() - started, 1)}
+    result = {"exit": code, "seconds": round(time.monotonic() - started, 1)}
+    if code == 3:
+        result["drifted"] = drifted_ids(Path(f"{log_prefix}.out").read_text())
+    return result
+
+
+def drifted_ids(stdout: str) -> dict:
+    """``{counter: [ids]}`` that a check's JSON report found wrong (up to CHECK_EXAMPLES each)."""
+    try:
+        report = json.loads(stdout)
+    except json.JSONDecodeError:
+        return {}
+    return {c["counter"]: sorted(e["id"] for e in c.get("examples", [])) for c in report["counters"] if c["wrong"]}
+
+
+def check_note(run) -> str:
+    """Say whether a check's drift is exactly the ids ours reported skipped (left for the next run)."""
+    drifted = (run.get("check") or {}).get("drifted")
+    if not drifted:
+        return ""
+    counters = (run.get("report") or {}).get("counters", [])
+    skipped = {c["counter"]: sorted(c.get("skipped_ids", [])) for c in counters if c["skipped"]}
+    n = sum(map(len, drifted.values()))
+    if drifted == skipped:
+        return f"its {n} drifted ids are exactly the ids ours reported skipped ({_ids(drifted)})"
+    return f"{n} drifted ids ({_ids(drifted)}); ours reported skipped: {_ids(skipped) or 'none'}"
+
+
+def _ids(by_counter: dict) -> str:
+    return "; ".join(f"`{counter}` {', '.join(ids)}" for counter, ids in by_counter.items())
 
 
 # -- the machine and the data --------------------------------------------------------------
@@ -804,7 +837,14 @@ def targets(results) -> list:
         ):
             rows.append((label, value, verdict(at_most(value, limit))))
         check_exit = (run.get("check") or {}).get("exit")
-        rows.append((f"`flask stats check` after ours at {mode} exits 0", check_exit, verdict(check_exit == 0)))
+        note = check_note(run)
+        rows.append(
+            (
+                f"`flask stats check` after ours at {mode} exits 0",
+                check_exit,
+                verdict(check_exit == 0) + (f": {note}" if note else ""),
+            )
+        )
     return rows
 
 
@@ -813,7 +853,8 @@ def floor_lines(floor) -> list:
         return []
     idle, busy = floor["idle"], floor["busy"]
     return [
-        f"- The machine alone, before the contenders ({FLOOR_SECONDS:.0f} s each, the same PING process): "
+        f"- The machine alone, before the contenders ({floor.get('seconds', FLOOR_SECONDS):g} s each, the same PING "
+        "process): "
         f"idle, worst PING {idle['worst_ms']} ms, p99 {idle['p99_ms']} ms; with a busy loop on every core, "
         f"worst {busy['worst_ms']} ms, p99 {busy['p99_ms']} ms. A contender's worst PING near these is the "
         "machine's, not the contender's."
@@ -951,7 +992,11 @@ def render_mode(results, mode) -> list:
     if ours.get("check"):
         c = ours["check"]
         exact = "exact" if c["exit"] == 0 else "NOT exact"
-        status.append(f"`flask stats check` afterwards: exit {c['exit']} ({exact}, {c['seconds']} s)")
+        note = check_note(ours)
+        status.append(
+            f"`flask stats check` afterwards: exit {c['exit']} ({exact}, {c['seconds']} s)"
+            + (f"; {note}" if note else "")
+        )
     traffic = ours.get("traffic")
     if traffic:
         status.append(
@@ -1128,6 +1173,12 @@ def main(argv=None):
         "--profile", action="store_true", help="also run ours once per mode under py-spy and report where time goes"
     )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per contender [3600]")
+    parser.add_argument(
+        "--floor-seconds",
+        type=float,
+        default=FLOOR_SECONDS,
+        help=f"seconds the machine's own PING is measured, idle and busy [{FLOOR_SECONDS:.0f}]",
+    )
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown report to write")
     parser.add_argument("--render", metavar="JSON", help="only rewrite --results from a results JSON of an earlier run")
     args = parser.parse_args(argv)
@@ -1171,7 +1222,7 @@ def main(argv=None):
         client = server.client()
         writes = write_commands(client)
         log(f"private redis-server on port {server.port}")
-        results["floor"] = machine_floor(server.port)
+        results["floor"] = machine_floor(server.port, args.floor_seconds)
         log(f"the machine's own PING: idle {results['floor']['idle']}, every core busy {results['floor']['busy']}")
         baseline = False
 

@@ -4,7 +4,9 @@
 and mode (wall times against both peers, PING, RSS, check) and the scale curve: ours'
 microseconds per counter member, per mode, at each scale of a shape. A run that lacks
 a peer in a mode (the old way ran from empty only at 1M) borrows the same database's
-figure from another results file when there is one, and says so in parentheses.
+figure from another results file when there is one, and says so in parentheses. When two
+runs measured the same scale, shape and mode, the later one counts in the scale curve and
+the earlier row says it was superseded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SUPERSEDED = " (superseded by a later run)"
 MODES = ("empty", "quiet", "drift-0.01", "drift-1", "drift-10", "restart")
 
 
@@ -51,12 +54,18 @@ def summary_rows(runs) -> list:
         "| peak RSS MB | check | commit, date |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for data in sorted(runs, key=lambda d: (d["shape"], d["args"]["users"], MODES.index(d["modes"][0]))):
+    latest = {}
+    for data in runs:
+        for mode in data["modes"]:
+            key = (data["args"]["users"], data["shape"], mode)
+            latest[key] = max(latest.get(key, ""), data["date"])
+    for data in sorted(runs, key=lambda d: (d["shape"], d["args"]["users"], d["date"])):
         users, shape = data["args"]["users"], data["shape"]
         for mode in data["modes"]:
             ours = data["runs"].get(f"ours/{mode}")
             if not ours:
                 continue
+            superseded = latest[(users, shape, mode)] != data["date"]
             old, hints = wall(data, "old", mode), wall(data, "hints", mode)
             borrowed = old is None and mode != "restart" and (users, shape) in old_empty
             if borrowed:
@@ -68,8 +77,10 @@ def summary_rows(runs) -> list:
                 to_old = f"({to_old})"
             ping = ours.get("ping") or {}
             check = (ours.get("check") or {}).get("exit", "")
+            label = mode + (SUPERSEDED if superseded else "")
+            old_cell = f"({seconds(old)})" if borrowed else seconds(old)
             lines.append(
-                f"| {scale(users)} | {shape} | {mode} | {'(' + seconds(old) + ')' if borrowed else seconds(old)} "
+                f"| {scale(users)} | {shape} | {label} | {old_cell} "
                 f"| {seconds(hints)} | {seconds(mine) or ours.get('exit')} | {to_old} | {to_hints} "
                 f"| {ping.get('worst_ms', '')} | {ping.get('p99_ms', '')} | {ours.get('rss_mb', '')} | {check} "
                 f"| {data['machine'].get('commit', '?')}, {data['date']} |"
@@ -80,7 +91,7 @@ def summary_rows(runs) -> list:
 def scale_curve(runs) -> list:
     """Ours' microseconds per counter member, per mode, at each scale of each shape."""
     table = defaultdict(dict)
-    for data in runs:
+    for data in sorted(runs, key=lambda d: d["date"]):  # a later run of a mode replaces an earlier one
         members = data.get("members_total")
         if not members:
             continue

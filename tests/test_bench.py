@@ -15,7 +15,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.run import MODES, profile_functions, profiled
+from bench import summary
+from bench.run import MODES, check_note, drifted_ids, profile_functions, profiled
 from common.cache.statistic import COUNTERS
 from tests.conftest import DATABASE_URL
 
@@ -61,7 +62,10 @@ def run_module(module, *args) -> subprocess.CompletedProcess:
 def test_bench_run_measures_every_mode_on_both_peers_and_writes_its_figures(tmp_path):
     results = tmp_path / "RESULTS.md"
 
-    done = run_module("bench.run", "--users", "300", "--regenerate", *bench_options("bench"), "--results", str(results))
+    done = run_module(
+        "bench.run", "--users", "300", "--regenerate", "--floor-seconds", "1", *bench_options("bench"),
+        "--results", str(results),
+    )  # fmt: skip
 
     assert done.returncode == 0, done.stderr[-3000:]
     report = results.read_text()
@@ -87,6 +91,9 @@ def test_bench_run_measures_every_mode_on_both_peers_and_writes_its_figures(tmp_
     assert len(COUNTERS) <= drifted["drift-0.01"] <= drifted["drift-1"] < drifted["drift-10"]
     traffic = figures["runs"]["ours/restart"]["traffic"]
     assert traffic["sent"] > 0 and traffic["unexpected"] == 0 and traffic["exit"] == 0
+    assert traffic["cpu_s"] > 0
+    assert figures["floor"]["idle"]["pings"] > 100 and figures["floor"]["busy"]["pings"] > 100
+    assert "- The machine alone, before the contenders (1 s each" in report
 
 
 def test_bench_run_on_snowflake_ids_and_loguniform_targets_keeps_every_check_exact(tmp_path):
@@ -95,7 +102,7 @@ def test_bench_run_on_snowflake_ids_and_loguniform_targets_keeps_every_check_exa
 
     done = run_module(
         "bench.run", "--users", "300", "--shape", "loguniform", "--modes", "empty,drift-1,restart",
-        *options, "--results", str(results),
+        "--floor-seconds", "1", *options, "--results", str(results),
     )  # fmt: skip
 
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,6 +148,74 @@ def test_profile_counts_each_function_once_per_sample_and_leaves_the_plumbing_ou
         {"function": "fix (toutiao/cli/stats.py)", "inclusive": 1.0, "self": 0.25},
         {"function": "Source.stream (common/cache/source.py)", "inclusive": 0.75, "self": 0.75},
     ]
+
+
+def test_profile_puts_each_sample_in_the_stage_of_its_innermost_named_frame():
+    raw = (
+        "<module> (flask:8);RepairEngine.run (common/cache/engine.py:1);"
+        "CounterRepair.reconcile (common/cache/repair.py:2);"
+        "CounterRepair._sweep (common/cache/repair.py:3);CounterRepair._strays (common/cache/repair.py:4);"
+        "Candidates.write (common/cache/candidates.py:5);Script.__call__ (redis/commands/core.py:6) 3\n"
+        "Thread.run (threading.py:1);Stream._read (common/cache/source.py:9) 5\n"
+        "<module> (flask:8);CounterRepair.reconcile (common/cache/repair.py:2);"
+        "CounterRepair._sweep (common/cache/repair.py:3);Redis.execute_command (redis/client.py:7) 1\n"
+        "Thread.run (threading.py:1);Leases._renew_loop (common/cache/lease.py:2);Event.wait (threading.py:3) 1\n"
+    )
+
+    stages = profile_functions(raw)["stages"]
+
+    assert stages == {
+        "database: the streamed GROUP BYs (reader thread)": 0.5,
+        "Redis: compare-and-set writes": 0.3,
+        "Redis: sweep for strays (ZRANGE pages)": 0.1,
+        "lease renewal thread (waits between renewals)": 0.1,
+    }
+
+
+def test_a_checks_drift_is_named_as_ours_skipped_ids_only_when_it_is_exactly_them():
+    report = {"counters": [{"counter": "count:art:comm", "skipped": 2, "skipped_ids": ["7", "12"]}]}
+    same = {"report": report, "check": {"exit": 3, "drifted": {"count:art:comm": ["12", "7"]}}}
+    other = {"report": report, "check": {"exit": 3, "drifted": {"count:art:comm": ["7", "9"]}}}
+    exact = {"report": report, "check": {"exit": 0}}
+
+    assert check_note(same) == "its 2 drifted ids are exactly the ids ours reported skipped (`count:art:comm` 12, 7)"
+    assert check_note(other).startswith("2 drifted ids (`count:art:comm` 7, 9); ours reported skipped:")
+    assert check_note(exact) == ""
+    assert drifted_ids(json.dumps({"counters": [
+        {"counter": "count:art:comm", "wrong": 2, "examples": [{"id": "12"}, {"id": "7"}]},
+        {"counter": "count:art:reply", "wrong": 0, "examples": []},
+    ]})) == {"count:art:comm": ["12", "7"]}  # fmt: skip
+
+
+def test_summary_takes_a_later_run_of_a_mode_and_borrows_the_old_ways_time_from_empty(tmp_path):
+    def results(name, date, modes, runs):
+        data = {
+            "date": date, "args": {"users": 1000}, "shape": "skewed", "modes": modes, "members_total": 1000,
+            "machine": {"commit": "abc1234"}, "runs": runs,
+        }  # fmt: skip
+        (tmp_path / name).write_text(json.dumps(data))
+        return tmp_path / name
+
+    def run(seconds):
+        return {
+            "exit": 0,
+            "wall_s": seconds,
+            "ping": {"worst_ms": 1, "p99_ms": 0.5},
+            "rss_mb": 60,
+            "check": {"exit": 0},
+        }
+
+    first = results("a.json", "2026-12-03 10:00 UTC", ["empty", "drift-1"], {
+        "old/empty": run(100.0), "ours/empty": run(10.0), "ours/drift-1": run(30.0),
+    })  # fmt: skip
+    second = results("b.json", "2026-12-03 11:00 UTC", ["drift-1"], {"ours/drift-1": run(20.0)})
+
+    runs = summary.load([first, second])
+    rows, curve = summary.summary_rows(runs), summary.scale_curve(runs)
+
+    assert any("| drift-1 (superseded by a later run) | (100.0) |" in row and "| 30.0 |" in row for row in rows)
+    assert any("| drift-1 | (100.0) |" in row and "| 20.0 | (0.200) |" in row for row in rows)
+    assert curve[-1] == "| skewed | 1k | 1,000 | 10000.00 |  |  | 20000.00 |  |  |"
 
 
 def test_profiled_runs_a_command_under_py_spy_and_finds_its_busy_function(tmp_path):
