@@ -10,7 +10,7 @@ import pytest
 import redis as redis_py
 from sqlalchemy import create_engine, text
 
-from common.cache import candidates, repair
+from common.cache import candidates
 from common.cache.engine import RepairEngine
 from common.cache.members import Shard, parse_member
 from common.cache.statistic import COUNTERS, Statistic
@@ -266,9 +266,7 @@ def test_no_redis_command_carries_more_members_than_the_batch(engine, redis):
 
 
 def test_no_redis_command_carries_more_ids_than_redis_ids_however_large_the_batch(engine, redis, monkeypatch):
-    monkeypatch.setattr(candidates, "REDIS_IDS", 7)
-    monkeypatch.setattr(candidates, "CAS_IDS", 7)
-    monkeypatch.setattr(repair, "REDIS_IDS", 7)
+    monkeypatch.setattr(candidates, "REDIS_IDS", 7)  # read by every Redis call that carries ids
     seed_database(engine, users=120)
     spy = recording(redis)
     fix(engine, spy, batch_size=25)

@@ -69,8 +69,11 @@ RECOUNT = 20_000
 #: client while it runs one, and formatting a score costs it about half a microsecond.
 REDIS_IDS = 250
 
-#: Ids one compare-and-set script writes at most: a script blocks Redis while it runs.
-CAS_IDS = REDIS_IDS
+
+def parts(items: list):
+    """``items`` in runs of at most :data:`REDIS_IDS`: what one Redis command may carry."""
+    for start in range(0, len(items), REDIS_IDS):
+        yield items[start : start + REDIS_IDS]
 
 
 @dataclass
@@ -121,14 +124,12 @@ class Candidates:
         ``announced`` and ``touched`` are None: every member is quiet. Redis sees at most
         :data:`REDIS_IDS` of them per MULTI; each id's three answers come from one.
         """
-        if len(members) <= REDIS_IDS:
-            return self._look(members)
-        parts = [self._look(members[start : start + REDIS_IDS]) for start in range(0, len(members), REDIS_IDS)]
-        scores = [score for _, part, _ in parts for score in part]
-        if all(announced is None for announced, _, _ in parts):
+        looks = [self._look(part) for part in parts(members)]
+        scores = [score for _, part, _ in looks for score in part]
+        if all(announced is None for announced, _, _ in looks):
             return None, scores, None
         announced, touched = [], []
-        for pending, part, moved in parts:
+        for pending, part, moved in looks:
             announced += pending if pending is not None else [None] * len(part)
             touched += moved if moved is not None else [0] * len(part)
         return announced, scores, touched
@@ -173,8 +174,8 @@ class Candidates:
         """Observe ``ready`` in Redis (a batch per MULTI), re-count the quiet ones in one
         query, then write or confirm each."""
         quiet = []
-        for start in range(0, len(ready), REDIS_IDS):
-            quiet += self.observe(ready[start : start + REDIS_IDS])
+        for part in parts(ready):
+            quiet += self.observe(part)
         if not quiet:
             return
         counts = self.repair.counts([c.member_id for c, _ in quiet])
@@ -183,8 +184,8 @@ class Candidates:
         for cand, score in quiet:
             count = _count(counts.get(cand.member_id))
             (equal if same(score, count) else stable).append((cand, score, count))
-        for start in range(0, len(equal), REDIS_IDS):
-            self.confirm(equal[start : start + REDIS_IDS], report=False)
+        for part in parts(equal):
+            self.confirm(part, report=False)
         self.write(stable)
 
     def observe(self, ready) -> list:
@@ -231,14 +232,14 @@ class Candidates:
         if not items:
             return
         if self.dry_run:
-            for start in range(0, len(items), REDIS_IDS):
-                self.confirm(items[start : start + REDIS_IDS], report=True)
+            for part in parts(items):
+                self.confirm(part, report=True)
             return
         counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
         answers = []
-        for start in range(0, len(items), CAS_IDS):
+        for part in parts(items):  # a script blocks Redis while it runs
             args = [self.lease]
-            for cand, score, count in items[start : start + CAS_IDS]:
+            for cand, score, count in part:
                 args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
             answer = _CAS(self.redis, counter_keys, args)
             if answer == -1:

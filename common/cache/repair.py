@@ -27,7 +27,7 @@ from collections import deque
 from itertools import chain
 
 from common.cache import keys
-from common.cache.candidates import REDIS_IDS, Candidate, Candidates, same
+from common.cache.candidates import Candidate, Candidates, parts, same
 from common.cache.lease import FENCE
 from common.cache.members import IdBitmap, owned_by, parse_member, parse_members
 from common.cache.report import Drift
@@ -229,10 +229,9 @@ class CounterRepair:
             # Any member may anchor: one the sweep removes or writes is passed over later.
             anchors.extend(list(zip(members[len(members) - len(tail) :], tail))[-ANCHORS:])
             removed += len(strays) + len(junk)
-            for start in range(0, len(strays), REDIS_IDS):
-                self._strays(strays[start : start + REDIS_IDS])
-            for start in range(0, len(junk), REDIS_IDS):
-                part = junk[start : start + REDIS_IDS]
+            for part in parts(strays):
+                self._strays(part)
+            for part in parts(junk):
                 self._remove_junk(list(zip(part, self.redis.zmscore(self.key, part))))
             self.candidates.settle(force=False)
             if len(members) < self.run.batch_size:
@@ -308,27 +307,20 @@ class CounterRepair:
                     self.run.begin_next(self.counter)
                     self.run.beat()
                     members = list(map(str, chunk.ids))
-                    if kind == "zset":
-                        scores = [
-                            score
-                            for start in range(0, len(members), REDIS_IDS)
-                            for score in self.redis.zmscore(self.key, members[start : start + REDIS_IDS])
-                        ]
-                        for member, count, score in zip(members, chunk.counts, scores):
-                            present += score is not None
-                            if not same(score, count):
-                                result.wrong += 1
-                                result.added += score is None
-                                result.changed += score is not None
-                                self.example(member, score, count)
-                    else:
-                        result.wrong += len(members)
-                        result.added += len(members)
-                    for start in range(0, len(members), REDIS_IDS):
-                        part = slice(start, start + REDIS_IDS)
-                        self.redis.execute_command(
-                            "ZADD", staging, *chain.from_iterable(zip(chunk.counts[part], members[part]))
-                        )
+                    for part in parts(list(zip(members, chunk.counts))):
+                        ids = [member for member, _ in part]
+                        if kind == "zset":
+                            for (member, count), score in zip(part, self.redis.zmscore(self.key, ids)):
+                                present += score is not None
+                                if not same(score, count):
+                                    result.wrong += 1
+                                    result.added += score is None
+                                    result.changed += score is not None
+                                    self.example(member, score, count)
+                        else:
+                            result.wrong += len(part)
+                            result.added += len(part)
+                        self.redis.execute_command("ZADD", staging, *chain.from_iterable((c, m) for m, c in part))
                     self.at("rebuild_batch", members=members)
                     written += len(members)
                     result.scanned += len(members)
