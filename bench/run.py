@@ -132,6 +132,8 @@ PROFILE_RATE = 100
 PROFILE_TOP = 12
 # Frames on the way to the work (the command line, threads starting, module bodies run
 # by imports): left out of the profile's table; the work under them is counted.
+PLUMBING = re.compile(r"^<module> |.* \((click/|flask/cli\.py|<frozen |runpy\.py|threading\.py)")
+
 # Where a profile's samples went, by stage: a sample belongs to the stage of the innermost
 # frame of its stack that one of these names (prefixes of py-spy frames), else to "other".
 STAGES = (
@@ -158,8 +160,6 @@ def stage_of(frames: list) -> str:
                 return stage
     return "other"
 
-
-PLUMBING = re.compile(r"^<module> |.* \((click/|flask/cli\.py|<frozen |runpy\.py|threading\.py)")
 
 COUNTER_LINE = re.compile(
     r"counter=(?P<counter>\S+) mode=(?P<mode>\S+) scanned=(?P<scanned>\d+) wrong=(?P<wrong>\d+) "
