@@ -546,3 +546,33 @@ def test_a_key_with_its_members_is_reconciled_however_small(engine, redis):
     run.sparse_min_ids = 100
 
     assert result_of(run.run([counter]), counter.key).mode == "reconcile"
+
+
+@pytest.mark.parametrize(
+    "damage, walked",
+    [
+        ("none", False),
+        ("wrong scores and a missing member", False),
+        ("a stray", True),
+        ("junk", True),
+    ],
+)
+def test_the_set_is_walked_for_strays_only_when_it_holds_more_than_the_stream_counted(stack, damage, walked):
+    engine, redis = stack
+    fix(engine, redis)
+    key = "count:user:followers"
+    members = sorted(expected(engine, key), key=int)
+    if damage == "wrong scores and a missing member":
+        redis.zincrby(key, 4, members[0])
+        redis.zrem(key, members[1])
+    elif damage == "a stray":
+        redis.zadd(key, {str(int(members[-1]) + 1000): 3})
+    elif damage == "junk":
+        redis.zadd(key, {"not-an-id": 1})
+    reached = []
+
+    fix(engine, redis, checkpoint=lambda name, **context: reached.append((name, context["counter"])))
+
+    assert ("stray_count", key) in reached
+    assert (("sweep_batch", key) in reached) is walked
+    assert wrong_members(engine, redis, KEYS) == {}

@@ -236,7 +236,7 @@ def test_a_swap_refuses_a_staging_key_that_lost_members(world):
 def another_member_changes_during_the_final_pass(engine, redis, cp, land):
     """Make member 27 a candidate of the run's final pass, and call ``land()`` while that
     pass re-reads it: after the last moment a run that trusts timing looks at anything else."""
-    cp.at("sweep_batch", lambda: follow(engine, redis, 902, 27).run(), counter=KEY)  # touched after the stream
+    cp.at("stray_count", lambda: follow(engine, redis, 902, 27).run(), counter=KEY)  # touched after the stream
     write = follow(engine, redis, 901, 27)
     cp.at("final_pass", lambda: write.announce().commit(), counter=KEY)  # and wrong until its increment
     cp.at("observe", lambda: (land(), write.increment()), counter=KEY, after="final_pass")
@@ -395,7 +395,9 @@ def test_no_key_a_run_creates_has_a_ttl_that_eviction_could_pick(world):
 
     def note_ttls():
         for key in redis.scan_iter("*count:*"):
-            seen[key] = redis.pttl(key)
+            ttl = redis.pttl(key)
+            if ttl != -2:  # gone since the scan (the other counter's catch-up ended meanwhile)
+                seen[key] = ttl
 
     cp = Checkpoints()
     for name in ("rebuild_batch", "swap", "stream_batch", "final_pass"):
@@ -444,12 +446,20 @@ def test_a_follow_between_a_counter_begun_ahead_and_its_turn_is_counted(world, l
     engine, redis = world
     redis.zincrby(KEY, 3, "24")  # drift too, so the run has something to write
     slow = follow(engine, redis, 901, 26).announce()
+    committed = threading.Event()
+
+    def land():
+        follow(engine, redis, 900, 22).run()
+        slow.commit()
+        committed.set()
+
     cp = Checkpoints()
     if lands_at == "snapshot":  # the next counter's query starts while the first one still runs
-        cp.at("snapshot", lambda: (follow(engine, redis, 900, 22).run(), slow.commit()), counter=KEY)
+        cp.at("snapshot", land, counter=KEY)
     else:  # the first counter gives its lease back after the next one's stream began
-        cp.at("release", lambda: (follow(engine, redis, 900, 22).run(), slow.commit()), counter=FOLLOWINGS)
-    cp.at("stream_batch", slow.increment, counter=KEY, nth=2)
+        cp.at("release", land, counter=FOLLOWINGS)
+    # The app increments after its commit: the stream waits for it (the release is the other thread's).
+    cp.at("stream_batch", lambda: committed.wait(timeout=30) and slow.increment(), counter=KEY, nth=2)
 
     run(engine, redis, (FOLLOWINGS, FOLLOWERS), checkpoint=cp)
 
@@ -465,7 +475,7 @@ def test_a_stop_while_the_next_counter_is_begun_leaves_no_reader_or_query(world)
         begun.wait(timeout=10)
         raise LockLost("stopped by the test")
 
-    cp = Checkpoints().at("snapshot", begun.set, counter=KEY).at("sweep_batch", stop, counter=FOLLOWINGS)
+    cp = Checkpoints().at("snapshot", begun.set, counter=KEY).at("stray_count", stop, counter=FOLLOWINGS)
     with pytest.raises(LockLost):
         run(engine, redis, (FOLLOWINGS, FOLLOWERS), checkpoint=cp)
 
@@ -503,6 +513,63 @@ def test_strays_after_a_page_whose_anchor_moved_are_still_removed(world, monkeyp
     run(engine, redis, checkpoint=cp)
 
     cp.assert_fired()
+    assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+
+
+def test_a_stray_is_swept_when_traffic_removed_a_streamed_id_and_the_sizes_agree(world):
+    engine, redis = world
+    redis.zadd(KEY, {"77": 1})  # a stray: the database counts no follower of 77
+    cp = Checkpoints()
+
+    def target_20_loses_both_followers():  # after the stream looked at 20: it leaves the set
+        unfollow(engine, redis, 1000, 20).run()
+        unfollow(engine, redis, 1001, 20).run()
+
+    cp.at("stream_batch", target_20_loses_both_followers, counter=KEY)
+
+    run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    sizes = [c for n, c in cp.reached if n == "stray_count"]
+    assert sizes[0]["size"] == sizes[0]["streamed"] == 10  # 77 in, 20 out: the sizes alone would say "nothing stray"
+    assert "sweep_batch" in cp.names()
+    assert redis.zscore(KEY, "77") is None
+    assert exact(engine, redis)
+
+
+def test_a_counter_reports_where_its_seconds_went(world):
+    engine, redis = world
+    write = follow(engine, redis, 900, 23)
+    cp = Checkpoints().at("snapshot", lambda: write.announce().commit(), counter=KEY)
+    cp.at("stream_batch", write.increment, counter=KEY, nth=3)  # 23 was announced when looked at
+
+    result = result_of(run(engine, redis, checkpoint=cp))
+
+    cp.assert_fired()
+    timing = result.as_dict()["timing"]
+    assert timing["recounts"] >= 1 and timing["rechecked"] >= 1
+    assert 0 < result.recount_seconds < result.seconds
+    assert result.pass_seconds > 0 and result.catch_up_seconds > 0
+    assert result.pass_seconds + result.catch_up_seconds <= result.seconds
+    assert exact(engine, redis)
+
+
+def test_the_catch_up_of_one_counter_runs_while_the_next_counter_streams(world):
+    engine, redis = world
+    redis.zincrby(KEY, 3, "22")
+    redis.zincrby(FOLLOWINGS.key, -1, "1003")
+    next_streams = threading.Event()
+    waited = []
+    cp = Checkpoints()
+    cp.at("final_pass", lambda: waited.append(next_streams.wait(timeout=30)), counter=KEY)
+    cp.at("stream_batch", next_streams.set, counter=FOLLOWINGS)
+
+    report = run(engine, redis, (FOLLOWERS, FOLLOWINGS), checkpoint=cp)
+
+    cp.assert_fired()
+    assert waited == [True]  # one at a time, the final pass would have waited in vain
+    assert [r.counter for r in report.results] == [KEY, FOLLOWINGS.key]
+    assert [r.wrong for r in report.results] == [1, 1]
     assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
 
 

@@ -115,6 +115,7 @@ class Candidates:
         self.pending: deque = deque()
         self.unresolved: list = []
         self.final = False
+        self.disturbed = False  # an id became a candidate: its second look reset its tracking
 
     def look(self, members):
         """Read announcements, scores and tracking of ``members``, each at one instant.
@@ -151,6 +152,7 @@ class Candidates:
     def queue(self, member, member_id, fresh=True):
         """Make a member a candidate: due now (``fresh``) or after the settle delay."""
         due = 0.0 if fresh else time.monotonic() + self.run.settle
+        self.disturbed = True
         self.pending.append(Candidate(member, member_id, due))
 
     def settle(self, force: bool):
@@ -174,11 +176,15 @@ class Candidates:
         """Observe ``ready`` in Redis (a batch per MULTI), re-count the quiet ones in one
         query, then write or confirm each."""
         quiet = []
+        self.result.rechecked += len(ready)
         for part in parts(ready):
             quiet += self.observe(part)
         if not quiet:
             return
+        started = time.monotonic()
         counts = self.repair.counts([c.member_id for c, _ in quiet])
+        self.result.recounts += 1
+        self.result.recount_seconds += time.monotonic() - started
         self.repair.at("recount", members=[c.member for c, _ in quiet])
         stable, equal = [], []
         for cand, score in quiet:
@@ -262,6 +268,7 @@ class Candidates:
                 self.result.changed += 1
 
     def retry(self, cand):
+        self.disturbed = True
         cand.attempts += 1
         if cand.attempts < self.run.attempts:
             cand.due = time.monotonic() + self.run.settle

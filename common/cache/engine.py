@@ -20,6 +20,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from redis.exceptions import RedisError, ResponseError
@@ -34,13 +36,26 @@ from common.exceptions import Interrupted, LockLost, StatsError, one_line
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class _Begun:
+    """A counter whose pass over its rows has run (or failed), waiting for its catch-up."""
+
+    counter: object
+    result: CounterResult
+    started: float
+    repair: Optional[CounterRepair] = None
+    done: bool = False  # nothing left to catch up (finished, failed, or a check of an unreadable key)
+
+
 #: The named points of a run, in the order a counter meets them.
 CHECKPOINTS = (
     "start",  # the run begins, before it takes any lease
     "tracking",  # the run holds the counter's lease: increments note ids for it
     "snapshot",  # a stream's query is about to start: the database answers from now
     "stream_batch",  # a streamed batch was compared with Redis
-    "sweep_batch",  # a ZSCAN batch of the stray sweep was read
+    "stray_count",  # the set's size was compared with the ids streamed (no walk if they agree)
+    "sweep_batch",  # a page of the stray sweep was read
     "observe",  # candidates were observed in Redis (their tracking reset)
     "recount",  # candidates were re-counted in the database
     "write",  # compare-and-set scripts ran
@@ -137,8 +152,7 @@ class RepairEngine:
                 free_legacy_staging(self.redis, self.batch_size)
             if self.jobs == 1:
                 self._next = {a.key: b for a, b in zip(counters, counters[1:])}
-                for counter in counters:
-                    results[counter.key] = self._repair_reported(counter)
+                self._one_at_a_time(counters, results)
             else:
                 with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stats") as pool:
                     futures = {c.key: pool.submit(self._repair_reported, c) for c in self._longest_first(counters)}
@@ -175,29 +189,87 @@ class RepairEngine:
 
         return sorted(counters, key=lambda c: -size(c))
 
+    def _one_at_a_time(self, counters, results: dict):
+        """Pass over each counter's rows in turn, in this thread; each counter's catch-up
+        (mostly waiting for its candidates to settle) runs in a second thread meanwhile,
+        so those waits overlap the next counter's pass instead of adding up."""
+        finishing: dict = {}
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats-finish") as finisher:
+                for counter in counters:
+                    begun = self._begin(counter)
+                    finishing[counter.key] = finisher.submit(self._finish_reported, begun)
+        finally:  # every catch-up submitted has ended: the pool waited for them
+            for key, future in finishing.items():
+                if not future.cancelled() and future.exception() is None:
+                    results[key] = future.result()
+        for future in finishing.values():
+            future.result()  # a stop was recorded as the run's cause; anything else is raised
+
     def _repair_reported(self, counter) -> CounterResult:
-        result = self.repair(counter)
+        return self._finish_reported(self._begin(counter))
+
+    def _finish_reported(self, begun: "_Begun") -> CounterResult:
+        result = self._finish(begun)
         self.on_result(result)
         return result
 
     def repair(self, counter) -> CounterResult:
         """Repair one counter; database and Redis errors end up in ``result.error``."""
-        result = CounterResult(counter=counter.key)
-        started = time.monotonic()
+        return self._finish(self._begin(counter))
+
+    def _begin(self, counter) -> "_Begun":
+        """The counter's pass over its rows: reconcile, rebuild or check."""
+        begun = _Begun(counter, CounterResult(counter=counter.key), time.monotonic())
         try:
-            self._repair(counter, result)
+            with self._failing(begun):
+                begun.repair = CounterRepair(self, counter, begun.result)
+                begun.done = self._work(begun.repair, counter)
+                begun.result.pass_seconds = time.monotonic() - begun.started
+        finally:
+            _, stream = self._ahead.pop(counter.key, (None, None))
+            if stream is not None:  # started for a path this counter did not take
+                stream.close()
+        return begun
+
+    def _finish(self, begun: "_Begun") -> CounterResult:
+        """The counter's catch-up: recheck what traffic touched, give the lease back."""
+        with self._failing(begun):
+            if not begun.done:
+                started = time.monotonic()
+                begun.repair.catch_up()
+                begun.result.catch_up_seconds = time.monotonic() - started
+                begun.done = True
+        if begun.repair is not None:
+            begun.repair.close()
+        begun.result.seconds = time.monotonic() - begun.started
+        return begun.result
+
+    @contextmanager
+    def _failing(self, begun: "_Begun"):
+        """A stop ends the run (raised); a database or Redis error fails the counter only."""
+        try:
+            yield
         except (Interrupted, LockLost) as exc:
             if self._cause is None:
                 self._cause = exc
             self._stop.set()
+            self._end(begun, failed=True)
             raise
         except (SQLAlchemyError, RedisError, StatsError, OSError) as exc:
-            result.error = one_line(exc)
-            log.error("counter %s failed: %s", counter.key, result.error)
-            self._give_back(counter)
-        finally:
-            result.seconds = time.monotonic() - started
-        return result
+            begun.result.error = one_line(exc)
+            log.error("counter %s failed: %s", begun.counter.key, begun.result.error)
+            self._end(begun, failed=True)
+            self._give_back(begun.counter)
+        except BaseException:
+            self._end(begun, failed=True)
+            raise
+
+    def _end(self, begun: "_Begun", failed: bool):
+        begun.done = True
+        if begun.repair is not None:
+            begun.repair.close(failed=failed)
+        begun.result.seconds = time.monotonic() - begun.started
 
     def _give_back(self, counter):
         try:
@@ -205,16 +277,8 @@ class RepairEngine:
         except RedisError as exc:
             log.warning("could not give back the lease on %s (it will expire): %s", counter.key, one_line(exc))
 
-    def _repair(self, counter, result: CounterResult):
-        try:
-            with CounterRepair(self, counter, result) as repair:
-                self._work(repair, counter)
-        finally:
-            _, stream = self._ahead.pop(counter.key, (None, None))
-            if stream is not None:  # started for a path this counter did not take
-                stream.close()
-
-    def _work(self, repair: CounterRepair, counter):
+    def _work(self, repair: CounterRepair, counter) -> bool:
+        """Pass over the counter's rows; return True when nothing is left to catch up."""
         if counter.key in self._ahead:
             kind = self._ahead[counter.key][0]  # begun ahead: tracking on, announcements reaped
         else:
@@ -225,12 +289,12 @@ class RepairEngine:
             else:
                 repair.count_unreadable(kind)
                 self.leases.release(counter)
-                return
+                return True
         elif kind == "zset" and not self.rebuild:
             repair.reconcile()
         else:
             self._rebuild(repair, kind)
-        repair.catch_up()
+        return False
 
     def _prepare(self, counter) -> str:
         """Begin a counter: its tracking is on, dead announcements go; return its key's type,

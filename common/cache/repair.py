@@ -12,7 +12,8 @@ the quietness again (:mod:`common.cache.candidates`).
   is written from the streamed count at once: quiet since before the snapshot, its
   count is still the database's. Any other id becomes a candidate. Then sweep: members
   Redis holds that the stream did not count (a walk in the set's order): junk is removed, quiet strays are
-  removed, the others become candidates.
+  removed, the others become candidates. No walk when the set provably holds only the
+  streamed ids (no traffic touched it, and it has as many members as the stream ids).
 - ``check``: the same, writing nothing (a key of the wrong type: all of it is wrong).
 - ``rebuild`` (a missing or wrong-type key, or ``--rebuild``): build the whole counter
   under a staging key and swap it in (UNLINK + RENAME, refused if staging lost a member).
@@ -128,21 +129,20 @@ class CounterRepair:
         self.dry_run = run.dry_run
         self.all_shards = False
         self.seen = IdBitmap()
+        self.streamed = 0  # ids the reconcile's stream counted (each once)
         self.track = keys.track(self.key, run.token)
         self.late = keys.late(self.key, run.token)
         self.inflight = keys.inflight(self.key)
         self.conn = None
         self.candidates = Candidates(self)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
+    def close(self, failed: bool = False):
+        """Hand the re-count connection back (a failed one is dropped: it may be broken)."""
         if self.conn is not None:
-            if kind is not None:
-                self.conn.invalidate()  # it may be broken: do not hand it back to the pool
+            if failed:
+                self.conn.invalidate()
             self.conn.close()
-        return False
+            self.conn = None
 
     def counts(self, member_ids) -> dict:
         """Re-count ids in the database, on a connection opened the first time it is needed."""
@@ -169,11 +169,13 @@ class CounterRepair:
                 self.run.begin_next(self.counter)  # its rows arrive: the next query may start
                 self.run.beat()
                 self._compare(chunk)
+                self.streamed += len(chunk)
                 self.result.scanned += len(chunk)
                 self.run.on_progress(self.key, len(chunk))
                 self.candidates.settle(force=False)
         self.run.begin_next(self.counter)
-        self._sweep()
+        if not self._nothing_stray():
+            self._sweep()
         self.candidates.settle(force=True)
 
     def _compare(self, chunk):
@@ -193,6 +195,26 @@ class CounterRepair:
             elif score != count:
                 stable.append((Candidate(member, member_id, 0.0), score, count))
         self.candidates.write(stable)
+
+    def _nothing_stray(self) -> bool:
+        """Tell, without walking the set, that it holds no member the stream did not count.
+
+        So when no increment touched the counter since its tracking began (its tracking set
+        is empty and none of its ids ever became a candidate, whose second look would
+        have emptied it) and none is announced: then only this run wrote the set, every
+        streamed id is in it with its count, and a set of as many members as the stream
+        counted ids holds those and nothing else. A sharded run shares the set with the
+        other shards, and a check leaves wrong members as they were: both walk it.
+        """
+        size = tracked = announced = None
+        if self.run.shard is None and not self.dry_run and not self.candidates.disturbed:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zcard(self.key)
+            pipe.scard(self.track)
+            pipe.hlen(self.inflight)
+            size, tracked, announced = pipe.execute()
+        self.at("stray_count", size=size, streamed=self.streamed, tracked=tracked)
+        return tracked == 0 and announced == 0 and size == self.streamed
 
     def _sweep(self):
         """Remove what Redis holds that the stream did not count: junk, and quiet strays.

@@ -46,6 +46,13 @@ class CounterResult:
     error: str = ""
     examples: list = field(default_factory=list)
     skipped_ids: list = field(default_factory=list)
+    # Where the seconds went: the pass over the rows (stream or rebuild, sweep), the
+    # catch-up (touched ids, then the release), and the re-count queries within both.
+    pass_seconds: float = 0.0
+    catch_up_seconds: float = 0.0
+    recounts: int = 0
+    recount_seconds: float = 0.0
+    rechecked: int = 0  # second looks at candidates (an id retried counts each time)
 
     @property
     def fixed(self) -> int:
@@ -63,6 +70,13 @@ class CounterResult:
         data["seconds"] = round(self.seconds, 3)
         data["examples"] = [d.as_dict() for d in self.examples[:examples]]
         data["skipped_ids"] = list(self.skipped_ids)
+        data["timing"] = {
+            "pass_seconds": round(self.pass_seconds, 3),
+            "catch_up_seconds": round(self.catch_up_seconds, 3),
+            "recounts": self.recounts,
+            "recount_seconds": round(self.recount_seconds, 3),
+            "rechecked": self.rechecked,
+        }
         return data
 
 

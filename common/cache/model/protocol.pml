@@ -9,7 +9,8 @@
  * 0). Runs take the engine's steps. Each step labelled here without a trailing underscore
  * is a checkpoint of the engine (CHECKPOINTS) or a step of a write (WRITER_STEPS), under
  * the same name; a test compares the lists. A run's
- * steps over m: lease (tracking on), snapshot, stream compare or sweep, candidates
+ * steps over m: lease (tracking on), snapshot, stream compare or (unless the set's size
+ * shows nothing stray) sweep, candidates
  * (observe, recount, compare-and-set or confirm, retried at most MAXA times, then left
  * for the final pass, then skipped), rebuild (claim, staging, swap), final pass over
  * what was touched and what is announced, release.
@@ -145,6 +146,13 @@ stream_batch:
         :: !(p1 || t1) && !(e1 && s1 == c0) -> want = c0; goto write_
         fi
     :: else ->
+stray_count:
+        /* the set's size against the ids streamed (none here: m is the only member and
+         * the database does not count it), with no id tracked or announced: the walk is
+         * left out only then. Whether a removed streamed id can hide a stray takes two
+         * members: tests/test_races.py forces that. */
+        atomic { e1 = !track[r] && inflight == 0 && !rp };
+        if :: e1 -> goto final_ :: else -> skip fi;
 sweep_batch:
         atomic { p1 = inflight > 0; t1 = track[r]; s1 = rs; e1 = rp };
         if
