@@ -124,6 +124,14 @@ class Write:
     def run(self):
         return self.announce().commit().increment()
 
+    def run_as_app(self):
+        """As the app's transition does: change the row (locking it), announce, commit, then
+        apply. The change waits while a repair holds the rows it would change."""
+        with self.engine.begin() as conn:
+            conn.execute(text(self.sql), self.params)
+            self.announce()
+        return self.increment()
+
     def _deltas(self):
         return writes.deltas(*self.deltas)
 

@@ -576,3 +576,22 @@ def test_the_set_is_walked_for_strays_only_when_it_holds_more_than_the_stream_co
     assert ("stray_count", key) in reached
     assert (("sweep_batch", key) in reached) is walked
     assert wrong_members(engine, redis, KEYS) == {}
+
+
+def test_only_a_counter_whose_member_column_starts_an_index_may_lock_its_rows(stack):
+    engine, _ = stack
+    from common.cache.source import Source
+
+    source = Source(engine, 100)
+    lockable = {key for key, counter in Statistic.registry.items() if source.can_lock(counter)}
+
+    if engine.dialect.name == "sqlite":
+        assert lockable == set()  # no locking reads: a hot id is skipped, as before
+    else:  # on the original DDL's keys
+        assert lockable == {
+            "count:user:arts",
+            "count:user:followings",
+            "count:user:art:collecting",
+            "count:art:comm",
+            "count:art:reply",
+        }

@@ -600,3 +600,131 @@ def test_a_missing_key_begun_ahead_is_rebuilt_exactly_with_follows_before_its_cl
     cp.assert_fired()
     assert result_of(report).mode == "rebuild"
     assert exact(engine, redis, FOLLOWERS, FOLLOWINGS)
+
+
+# -- hot ids: pinned under the database's locks ------------------------------------------------
+
+HOT = "1003"  # follows 21; followings are counted by user_relation.user_id, which an index starts
+
+
+def keep_hot(engine, redis, cp, member=HOT, first_target=100):
+    """A checkpoint callable: ``cp``, and a follow by ``member`` landing between each re-count
+    of it and its write, so it never stays quiet."""
+    targets = iter(range(first_target, first_target + 1000))
+
+    def at(name, **context):
+        cp(name, **context)
+        if name == "recount" and context["counter"] == FOLLOWINGS.key and member in context["members"]:
+            follow(engine, redis, int(member), next(targets)).run()
+
+    return at
+
+
+def announced_when_streamed(engine, redis, cp, member=HOT):
+    """Make ``member`` a candidate: its follow is announced and committed when the stream looks."""
+    write = follow(engine, redis, int(member), 99)
+    cp.at("snapshot", lambda: write.announce().commit(), counter=FOLLOWINGS)
+    cp.at("stream_batch", write.increment, counter=FOLLOWINGS, nth=9)
+
+
+def test_an_id_never_quiet_is_pinned_under_its_rows_locks_and_ends_exact(world):
+    engine, redis = world
+    redis.zincrby(FOLLOWINGS.key, 3, HOT)
+    cp = Checkpoints()
+    announced_when_streamed(engine, redis, cp)
+
+    report = run(engine, redis, (FOLLOWINGS,), checkpoint=keep_hot(engine, redis, cp))
+
+    cp.assert_fired()
+    result = result_of(report, FOLLOWINGS)
+    assert [c["members"] for n, c in cp.reached if n == "locked"] == [[HOT]]
+    assert result.skipped == 0 and result.wrong >= 1
+    assert exact(engine, redis, FOLLOWINGS)
+
+
+def test_a_counter_without_an_index_on_its_member_column_skips_an_id_never_quiet(world):
+    engine, redis = world
+    cp = Checkpoints()
+    write = follow(engine, redis, 900, 24)
+    cp.at("snapshot", lambda: write.announce().commit(), counter=KEY)
+    cp.at("stream_batch", write.increment, counter=KEY, nth=3)
+    targets = iter(range(2000, 3000))
+
+    def at(name, **context):
+        cp(name, **context)
+        if name == "recount" and context["counter"] == KEY and "24" in context["members"]:
+            follow(engine, redis, next(targets), 24).run()
+
+    report = run(engine, redis, checkpoint=at)
+
+    assert "locked" not in cp.names()  # user_relation.target_user_id has no index of its own
+    assert result_of(report).skipped_ids == ["24"]
+
+
+def test_a_write_to_a_pinned_id_waits_for_the_locks_then_counts_once(world):
+    engine, redis = world
+    cp = Checkpoints()
+    announced_when_streamed(engine, redis, cp)
+    waiting = threading.Thread(target=lambda: follow(engine, redis, int(HOT), 29).run_as_app())
+
+    def a_write_comes_in():
+        waiting.start()
+        assert wait_for_a_lock_wait(engine), "the write did not wait for the pin's locks"
+        with engine.begin() as conn:  # another user's follow does not wait: only 1003's rows are locked
+            conn.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+            conn.execute(text("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (1010, 99, 0)"))
+            conn.execute(text("SET SESSION innodb_lock_wait_timeout = DEFAULT"))
+
+    cp.at("locked", a_write_comes_in, counter=FOLLOWINGS)
+
+    report = run(engine, redis, (FOLLOWINGS,), checkpoint=keep_hot(engine, redis, cp))
+    waiting.join(timeout=30)
+
+    cp.assert_fired()
+    assert not waiting.is_alive()
+    assert result_of(report, FOLLOWINGS).skipped == 0
+    assert exact(engine, redis, FOLLOWINGS)
+
+
+def test_a_pin_that_cannot_lock_the_rows_in_time_skips_the_id_and_writes_nothing(world):
+    engine, redis = world
+    redis.zincrby(FOLLOWINGS.key, 3, HOT)
+    cp = Checkpoints()
+    announced_when_streamed(engine, redis, cp)
+    holder = engine.connect()
+    holding = holder.begin()
+
+    def another_transaction_holds_a_row():  # its existing follow, not the gaps the follows go into
+        holder.execute(text("SELECT * FROM user_relation WHERE user_id = 1003 AND target_user_id = 21 FOR UPDATE"))
+
+    cp.at("final_pass", another_transaction_holds_a_row, counter=FOLLOWINGS)
+    try:
+        report = run(engine, redis, (FOLLOWINGS,), checkpoint=keep_hot(engine, redis, cp))
+        score = redis.zscore(FOLLOWINGS.key, HOT)
+    finally:
+        holding.rollback()
+        holder.close()
+
+    cp.assert_fired()
+    assert "locked" not in cp.names()
+    assert result_of(report, FOLLOWINGS).skipped_ids == [HOT]
+    assert score != expected(engine, FOLLOWINGS.key)[HOT]  # left wrong, and said so
+    run(engine, redis, (FOLLOWINGS,))
+    assert exact(engine, redis, FOLLOWINGS)
+
+
+def wait_for_a_lock_wait(engine, timeout=10.0) -> bool:
+    """Tell whether some transaction is waiting for a lock, looking until ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                text("SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+            ).scalar()
+            conn.commit()
+            if waiting:
+                return True
+            time.sleep(0.01)
+    return False

@@ -5,7 +5,10 @@ since the run last looked. A candidate waits ``settle`` seconds (so the incremen
 their way can land), then is observed in Redis in one MULTI (which resets its tracking),
 re-counted in the database, and written with a compare-and-set script (or, when Redis
 already agrees, confirmed) only if it is still quiet and unchanged. One that never is
-gets ``attempts`` tries, one more round in the final pass, then is reported as skipped.
+gets ``attempts`` tries, then more in the final pass; there, where the counter's member
+column has an index on MySQL/MariaDB, one still busy after :data:`PIN_AFTER` tries is
+*pinned*: re-counted with its rows locked and written whatever traffic did meanwhile
+(:meth:`Candidates.pin`). Any other is reported as skipped.
 Candidates wait in a bounded buffer and are re-counted up to :data:`RECOUNT` ids per
 query: every re-count of a counter without an index on its member column (most of them,
 on the original DDL) is a table scan, so one scan serves many candidates. Redis sees
@@ -14,14 +17,19 @@ them :data:`REDIS_IDS` at a time, so no command keeps it from other clients for 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 
+from sqlalchemy.exc import OperationalError
+
 from common.cache import keys
 from common.cache.lease import FENCE, previous_writers
 from common.cache.script import NOW, Lua
-from common.exceptions import LockLost, PreviousWriters
+from common.exceptions import LockLost, PreviousWriters, one_line
+
+log = logging.getLogger(__name__)
 
 # KEYS: counter, runs, track, inflight, canary. ARGV: lease, then per id: id, expected
 # score ('' absent), new count ('' remove). -1 lease lost, -2 old writers; otherwise one
@@ -59,6 +67,53 @@ if #removes > 0 then redis.call('ZREM', KEYS[1], unpack(removes)) end
 return answers
 """
 )
+
+# KEYS: counter, runs, inflight, canary. ARGV: lease, then per id: id, count ('' remove).
+# For ids whose rows the run holds locked in the database (so their count cannot move and
+# every change to them committed before the locks): write each id with no increment still
+# announced. -1 lease lost, -2 old writers; otherwise per id the score it had ('' absent),
+# or 'busy' when left alone.
+_PIN = Lua(
+    NOW
+    + FENCE
+    + """
+if redis.call('SCARD', KEYS[4]) > 1 then return -2 end
+local ids = {}
+for i = 2, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local announced = redis.call('HMGET', KEYS[3], unpack(ids))
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+local answers, adds, removes = {}, {}, {}
+for k = 1, #ids do
+  if announced[k] then
+    answers[k] = 'busy'
+  else
+    answers[k] = scores[k] or ''
+    local count = ARGV[2 * k + 1]
+    if count == '' then
+      removes[#removes + 1] = ids[k]
+    else
+      adds[#adds + 1] = count
+      adds[#adds + 1] = ids[k]
+    end
+  end
+end
+if #adds > 0 then redis.call('ZADD', KEYS[1], unpack(adds)) end
+if #removes > 0 then redis.call('ZREM', KEYS[1], unpack(removes)) end
+return answers
+"""
+)
+
+#: Attempts in the final pass after which an id that never stayed quiet is re-counted
+#: under the database's locks on its rows (:meth:`Candidates.pin`), where the counter allows it.
+PIN_AFTER = 2
+
+#: Ids pinned by one locking re-count at most: their writers wait while it holds the locks.
+PIN_IDS = 50
+
+#: Seconds a pin waits, locks held, for the increments committed before it to land,
+#: looking every PIN_STEP seconds (they are one Redis round trip behind their commit).
+PIN_WAIT = 0.05
+PIN_STEP = 0.002
 
 #: Ids re-counted by one database query at most. A re-count of a counter whose member
 #: column has no index scans the table whatever the number of ids, so the fewer the
@@ -116,6 +171,8 @@ class Candidates:
         self.unresolved: list = []
         self.final = False
         self.disturbed = False  # an id became a candidate: its second look reset its tracking
+        self.hot: list = []  # ids of the final pass that never stayed quiet, to pin
+        self.pinnable = not self.dry_run and self.run.source.can_lock(repair.counter)
 
     def look(self, members):
         """Read announcements, scores and tracking of ``members``, each at one instant.
@@ -157,7 +214,7 @@ class Candidates:
 
     def settle(self, force: bool):
         """Look at due candidates again, up to RECOUNT at a time once that many wait (one
-        re-count query serves them all), all of them with ``force``."""
+        re-count query serves them all), all of them with ``force`` (and pin the hot ones)."""
         while self.pending:
             if not force and len(self.pending) < RECOUNT:
                 return
@@ -171,6 +228,8 @@ class Candidates:
             if ready:
                 self.run.beat()
                 self.recheck(ready)
+        if force and self.hot:
+            self.pin()
 
     def recheck(self, ready):
         """Observe ``ready`` in Redis (a batch per MULTI), re-count the quiet ones in one
@@ -270,10 +329,79 @@ class Candidates:
     def retry(self, cand):
         self.disturbed = True
         cand.attempts += 1
-        if cand.attempts < self.run.attempts:
+        if self.final and self.pinnable and cand.attempts >= min(PIN_AFTER, self.run.attempts):
+            self.hot.append(cand)
+        elif cand.attempts < self.run.attempts:
             cand.due = time.monotonic() + self.run.settle
             self.pending.append(cand)
         elif self.final:
             self.result.skip(cand.member)
         else:
             self.unresolved.append(cand.member)  # one more round in the final pass
+
+    def pin(self):
+        """Settle the ids that never stayed quiet while their rows are locked.
+
+        A locking re-count holds their rows (and the gaps where new ones would go): no
+        change to them can commit meanwhile, and every one made before has committed. The
+        app's writers lock a row before they announce its increment, so no new increment
+        of these ids is announced either; once the increments committed before the locks
+        have landed (at most :data:`PIN_WAIT`), Redis holds all of them and the count holds
+        the same, and the count is written whatever traffic touched in between. Their
+        writers wait for the locks, for a re-count and one script. An id whose increment is
+        still announced, and every id of a re-count that could not get its locks in time,
+        is skipped.
+        """
+        hot, self.hot = self.hot, []
+        for start in range(0, len(hot), PIN_IDS):
+            group = hot[start : start + PIN_IDS]
+            self.run.beat()
+            try:
+                self._pin(group)
+            except OperationalError as exc:
+                if not _lock_refused(exc):
+                    raise
+                log.info("could not lock the rows of %d ids of %s: %s", len(group), self.key, one_line(exc))
+                for cand in group:
+                    self.result.skip(cand.member)
+
+    def _pin(self, group):
+        members = [cand.member for cand in group]
+        source = self.run.source
+        with source.locked_counts(self.repair.counter, [cand.member_id for cand in group]) as counts:
+            self.repair.at("locked", members=members)
+            deadline = time.monotonic() + PIN_WAIT
+            while any(self.redis.hmget(self.inflight, members)) and time.monotonic() < deadline:
+                time.sleep(PIN_STEP)
+            args = [self.lease]
+            for cand in group:
+                count = _count(counts.get(cand.member_id))
+                args += (cand.member, "" if count is None else str(count))
+            answer = _PIN(self.redis, [self.key, keys.runs(self.key), self.inflight, keys.canary(self.key)], args)
+        self.repair.at("unlocked", members=members)
+        if answer == -1:
+            raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
+        if answer == -2:
+            raise PreviousWriters(previous_writers(self.key))
+        for cand, old in zip(group, answer):
+            if old == "busy":
+                self.result.skip(cand.member)
+                continue
+            score = float(old) if old != "" else None
+            count = _count(counts.get(cand.member_id))
+            if same(score, count):
+                continue
+            self.result.wrong += 1
+            self.repair.example(cand.member, score, count or 0)
+            if count is None:
+                self.result.removed += 1
+            elif score is None:
+                self.result.added += 1
+            else:
+                self.result.changed += 1
+
+
+def _lock_refused(exc) -> bool:
+    """Tell whether a database error is a lock wait timeout or a deadlock (MySQL 1205, 1213)."""
+    args = getattr(exc.orig, "args", ())
+    return bool(args) and args[0] in (1205, 1213)

@@ -59,6 +59,8 @@ CHECKPOINTS = (
     "observe",  # candidates were observed in Redis (their tracking reset)
     "recount",  # candidates were re-counted in the database
     "write",  # compare-and-set scripts ran
+    "locked",  # ids that never stayed quiet were re-counted with their rows locked (locks held)
+    "unlocked",  # ... written, and the locks given back
     "claim",  # the run tried to claim a rebuild (context: claimed)
     "rebuild_batch",  # a batch was written to the staging key
     "swap",  # the staging key replaced the live one

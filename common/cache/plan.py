@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from sqlalchemy import inspect, text
 
@@ -33,12 +34,15 @@ def covering_index_ddl(counter) -> str:
 
 def has_index(conn, table, columns) -> bool:
     """Tell whether some index of ``table`` starts with ``columns`` in that order."""
-    for index in inspect(conn).get_indexes(table) + [
-        {"column_names": c["column_names"]} for c in inspect(conn).get_unique_constraints(table)
-    ]:
+    return index_starting_with(conn, table, columns) is not None
+
+
+def index_starting_with(conn, table, columns) -> Optional[str]:
+    """Return the name of an index of ``table`` that starts with ``columns``, or None."""
+    for index in inspect(conn).get_indexes(table) + inspect(conn).get_unique_constraints(table):
         if list(index["column_names"][: len(columns)]) == list(columns):
-            return True
-    return False
+            return index["name"]
+    return None
 
 
 def explain(engine, counter) -> Plan:

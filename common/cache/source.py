@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -21,7 +22,7 @@ from sqlalchemy import String, func, literal_column, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.cache.members import Shard
-from common.cache.plan import has_index
+from common.cache.plan import has_index, index_starting_with
 from common.exceptions import one_line
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ AHEAD = 2
 #: Longest bucket string of a packed stream (session ``group_concat_max_len``), kept
 #: below ``max_allowed_packet`` (16 MB by default), which bounds a row sent to us.
 PACK_BYTES = 8 * 1024 * 1024
+
+#: Seconds a locking re-count waits for a row another transaction holds
+#: (``innodb_lock_wait_timeout``, for that read only).
+LOCK_WAIT_SECONDS = 1
 
 _END = object()
 
@@ -127,6 +132,7 @@ class Source:
         self.batch_size = batch_size
         self.pack_bytes = pack_bytes
         self._covering: dict = {}
+        self._lockable: dict = {}
         self._lock = threading.Lock()
 
     def connect(self):
@@ -286,6 +292,58 @@ class Source:
         """Return ``{id: count}`` for the given ids, read now (ids counting 0 are absent)."""
         rows = conn.execute(counter.query.where(counter.member_column().in_(member_ids))).all()
         return {int(m): int(n) for m, n in rows}
+
+    def can_lock(self, counter) -> bool:
+        """Tell whether :meth:`locked_counts` may lock ``counter``'s ids: on MySQL/MariaDB,
+        a query over one table whose member column starts an index, so a locking read
+        takes the rows and gaps of those ids only (without the index it would scan, and
+        lock, the whole table and every writer with it)."""
+        return self._lock_index(counter) is not None
+
+    def _lock_index(self, counter) -> Optional[str]:
+        """The index a locking re-count of ``counter`` must use, if it may lock at all."""
+        if self.db.dialect.name not in ("mysql", "mariadb"):
+            return None
+        with self._lock:
+            if counter.key not in self._lockable:
+                tables = counter.query.get_final_froms()
+                index = None
+                if len(tables) == 1 and getattr(tables[0], "name", None) is not None:
+                    with self.connect() as conn:
+                        index = index_starting_with(conn, tables[0].name, [counter.member_column().name])
+                self._lockable[counter.key] = index
+            return self._lockable[counter.key]
+
+    @contextmanager
+    def locked_counts(self, counter, member_ids: list):
+        """Count ``member_ids`` with a locking read (``LOCK IN SHARE MODE``, under REPEATABLE
+        READ so the gaps are locked too) and yield ``{id: count}`` while the locks are held:
+        until the block ends, no transaction can commit a change to those ids' rows, and
+        every one that had changed them has committed. The app's writers lock the row they
+        change before they announce, so none of those ids gets a new announcement
+        meanwhile. Waits at most ``LOCK_WAIT_SECONDS`` for a lock (then raises, as a
+        deadlock does): the caller leaves the ids for later."""
+        with self.db.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                with conn.begin():
+                    conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECONDS}")
+                    # On its index, whatever the optimizer thinks of a hot id's share of the
+                    # table: a scan would lock every row, and every writer with them.
+                    table = counter.query.get_final_froms()[0]
+                    stmt = (
+                        counter.query.where(counter.member_column().in_(member_ids))
+                        .with_hint(table, f"FORCE INDEX (`{self._lock_index(counter)}`)", dialect_name="mysql")
+                        .with_hint(table, f"FORCE INDEX (`{self._lock_index(counter)}`)", dialect_name="mariadb")
+                        .with_for_update(read=True)
+                    )
+                    yield {int(m): int(n) for m, n in conn.execute(stmt).all()}
+            finally:
+                try:
+                    with conn.begin():
+                        conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+                except SQLAlchemyError:
+                    conn.invalidate()  # broken: it does not go back to the pool
 
     def has_covering_index(self, counter) -> bool:
         with self._lock:
