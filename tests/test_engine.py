@@ -595,3 +595,27 @@ def test_only_a_counter_whose_member_column_starts_an_index_may_lock_its_rows(st
             "count:art:comm",
             "count:art:reply",
         }
+
+
+@pytest.mark.parametrize("rows, scans", [(0, False), (10, False), (10_000_000, True)])
+def test_a_recount_of_ids_holding_much_of_the_table_scans_it_instead_of_walking_the_index(engine, rows, scans):
+    from sqlalchemy import event
+
+    from common.cache.source import Source
+
+    seed_database(engine, users=40)
+    counter = Statistic.registry["count:art:comm"]  # news_comment.article_id has an index
+    statements = []
+    listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        source = Source(engine, 100)
+        with source.connect() as conn:
+            counts = source.counts(conn, counter, [1, 2, 3], rows)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+    recount = [s for s in statements if "GROUP BY" in s]
+    assert len(recount) == 1
+    assert ("USE INDEX ()" in recount[0]) is scans
+    assert counts == {int(k): v for k, v in expected(engine, counter.key).items() if int(k) in (1, 2, 3)}

@@ -639,6 +639,7 @@ def test_an_id_never_quiet_is_pinned_under_its_rows_locks_and_ends_exact(world):
     result = result_of(report, FOLLOWINGS)
     assert [c["members"] for n, c in cp.reached if n == "locked"] == [[HOT]]
     assert result.skipped == 0 and result.wrong >= 1
+    assert result.pinned == 1 and 0 < result.pin_seconds < result.seconds
     assert exact(engine, redis, FOLLOWINGS)
 
 

@@ -241,7 +241,8 @@ class Candidates:
         if not quiet:
             return
         started = time.monotonic()
-        counts = self.repair.counts([c.member_id for c, _ in quiet])
+        rows = sum(int(min(score, 1e12)) for _, score in quiet if score and score > 0)  # scores may be inf
+        counts = self.repair.counts([c.member_id for c, _ in quiet], rows)
         self.result.recounts += 1
         self.result.recount_seconds += time.monotonic() - started
         self.repair.at("recount", members=[c.member for c, _ in quiet])
@@ -368,6 +369,8 @@ class Candidates:
     def _pin(self, group):
         members = [cand.member for cand in group]
         source = self.run.source
+        started = time.monotonic()
+        self.result.pinned += len(group)
         with source.locked_counts(self.repair.counter, [cand.member_id for cand in group]) as counts:
             self.repair.at("locked", members=members)
             deadline = time.monotonic() + PIN_WAIT
@@ -378,6 +381,7 @@ class Candidates:
                 count = _count(counts.get(cand.member_id))
                 args += (cand.member, "" if count is None else str(count))
             answer = _PIN(self.redis, [self.key, keys.runs(self.key), self.inflight, keys.canary(self.key)], args)
+        self.result.pin_seconds += time.monotonic() - started
         self.repair.at("unlocked", members=members)
         if answer == -1:
             raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")

@@ -144,11 +144,12 @@ class CounterRepair:
             self.conn.close()
             self.conn = None
 
-    def counts(self, member_ids) -> dict:
-        """Re-count ids in the database, on a connection opened the first time it is needed."""
+    def counts(self, member_ids, rows: int = 0) -> dict:
+        """Re-count ids (holding about ``rows`` rows) in the database, on a connection opened
+        the first time it is needed."""
         if self.conn is None:
             self.conn = self.run.source.connect()
-        return self.run.source.counts(self.conn, self.counter, member_ids)
+        return self.run.source.counts(self.conn, self.counter, member_ids, rows)
 
     def at(self, name, **context):
         self.run.at(name, self.counter, **context)

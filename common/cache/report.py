@@ -53,6 +53,8 @@ class CounterResult:
     recounts: int = 0
     recount_seconds: float = 0.0
     rechecked: int = 0  # second looks at candidates (an id retried counts each time)
+    pinned: int = 0  # ids re-counted with their rows locked (writers of them waited)
+    pin_seconds: float = 0.0  # how long those locks were held, in all
 
     @property
     def fixed(self) -> int:
@@ -76,6 +78,8 @@ class CounterResult:
             "recounts": self.recounts,
             "recount_seconds": round(self.recount_seconds, 3),
             "rechecked": self.rechecked,
+            "pinned": self.pinned,
+            "pin_seconds": round(self.pin_seconds, 3),
         }
         return data
 

@@ -39,6 +39,13 @@ AHEAD = 2
 #: below ``max_allowed_packet`` (16 MB by default), which bounds a row sent to us.
 PACK_BYTES = 8 * 1024 * 1024
 
+#: A re-count scans the table instead of walking the member's index when its ids hold
+#: more than 1/SCAN_RATIO of the table's rows: a row fetched by primary key in random
+#: order costs about ten read in a scan (bench/PLANS.md).
+SCAN_RATIO = 10
+
+_TABLE_ROWS = "SELECT table_rows FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = :t"
+
 #: Seconds a locking re-count waits for a row another transaction holds
 #: (``innodb_lock_wait_timeout``, for that read only).
 LOCK_WAIT_SECONDS = 1
@@ -133,6 +140,7 @@ class Source:
         self.pack_bytes = pack_bytes
         self._covering: dict = {}
         self._lockable: dict = {}
+        self._table_estimates: dict = {}
         self._lock = threading.Lock()
 
     def connect(self):
@@ -183,8 +191,7 @@ class Source:
         statistics, no scan); None where there is none."""
         if conn.dialect.name not in ("mysql", "mariadb"):
             return None
-        sql = "SELECT table_rows FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = :t"
-        rows = conn.execute(text(sql), {"t": counter.members_of.__table__.name}).scalar()
+        rows = conn.execute(text(_TABLE_ROWS), {"t": counter.members_of.__table__.name}).scalar()
         return int(rows) if rows else None
 
     def ids_estimate(self, counter) -> Optional[int]:
@@ -288,10 +295,29 @@ class Source:
             except SQLAlchemyError:
                 conn.invalidate()
 
-    def counts(self, conn, counter, member_ids: list) -> dict:
-        """Return ``{id: count}`` for the given ids, read now (ids counting 0 are absent)."""
-        rows = conn.execute(counter.query.where(counter.member_column().in_(member_ids))).all()
-        return {int(m): int(n) for m, n in rows}
+    def counts(self, conn, counter, member_ids: list, rows: int = 0) -> dict:
+        """Return ``{id: count}`` for the given ids, read now (ids counting 0 are absent).
+
+        ``rows``: about how many rows the ids hold (their scores). Where the member
+        column has an index, the database walks it and fetches each row by primary key,
+        in random order; for ids holding more than 1/SCAN_RATIO of the table (hot
+        articles' comments after a restart) a table scan is cheaper, and is asked for as
+        the stream asks for it.
+        """
+        stmt = counter.query.where(counter.member_column().in_(member_ids))
+        if rows and counter.stream_scan is not None and conn.dialect.name in ("mysql", "mariadb"):
+            table_rows = self._table_rows(conn, counter.stream_scan.__table__.name)
+            if table_rows and rows * SCAN_RATIO > table_rows and not self.has_covering_index(counter):
+                for dialect in ("mysql", "mariadb"):
+                    stmt = stmt.with_hint(counter.stream_scan, "USE INDEX ()", dialect_name=dialect)
+        return {int(m): int(n) for m, n in conn.execute(stmt).all()}
+
+    def _table_rows(self, conn, table: str) -> Optional[int]:
+        """The server's estimate of a table's rows, read once per run."""
+        with self._lock:
+            if table not in self._table_estimates:
+                self._table_estimates[table] = conn.execute(text(_TABLE_ROWS), {"t": table}).scalar()
+            return self._table_estimates[table]
 
     def can_lock(self, counter) -> bool:
         """Tell whether :meth:`locked_counts` may lock ``counter``'s ids: on MySQL/MariaDB,
