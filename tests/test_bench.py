@@ -245,3 +245,15 @@ def test_bench_compare_measures_two_commits_and_every_check_passes(tmp_path):
     assert "| wall time (s) |" in report
     assert "`flask stats check` after each run of after: [0]" in report
     assert report.count("exits: before [0], after [0]") == 2
+
+
+def test_bench_floor_measures_the_machines_own_ping_idle_and_busy_and_a_growing_set(tmp_path):
+    results = tmp_path / "floor.json"
+    command = [sys.executable, "-m", "bench.floor", "--seconds", "1", "--grow", "2000", "--results", str(results)]
+    subprocess.run(command, check=True, cwd=ROOT)
+    data = json.loads(results.read_text())
+    for phase in ("idle", "busy"):
+        assert data["floor"][phase]["pings"] > 100
+        assert 0 < data["floor"][phase]["worst_ms"] < 1000
+    assert data["steal_ms"] >= 0 and data["floor"]["seconds"] == 1
+    assert data["grow"]["members"] == 2000 and len(data["grow"]["slowest_ms_at_size"]) == 5

@@ -619,3 +619,14 @@ def test_a_recount_of_ids_holding_much_of_the_table_scans_it_instead_of_walking_
     assert len(recount) == 1
     assert ("USE INDEX ()" in recount[0]) is scans
     assert counts == {int(k): v for k, v in expected(engine, counter.key).items() if int(k) in (1, 2, 3)}
+
+
+def test_hot_ids_are_pinned_in_groups_bounded_by_ids_and_by_rows(monkeypatch):
+    from common.cache.candidates import Candidate, _pin_groups
+
+    monkeypatch.setattr(candidates, "PIN_IDS", 3)
+    hot = [Candidate(str(i), i, 0.0, rows=rows) for i, rows in enumerate([5, 70_000, 20_000, 3, 9_000, 2_000, 1, 1])]
+
+    groups = [[c.rows for c in group] for group in _pin_groups(hot)]
+
+    assert groups == [[1, 1, 3], [5, 2_000], [9_000], [20_000], [70_000]]  # 10,000 rows at most, or one id

@@ -107,8 +107,11 @@ return answers
 #: under the database's locks on its rows (:meth:`Candidates.pin`), where the counter allows it.
 PIN_AFTER = 2
 
-#: Ids pinned by one locking re-count at most: their writers wait while it holds the locks.
+#: Ids, and rows of theirs, pinned by one locking re-count at most: the writers of all of
+#: them wait while it reads all those rows (by primary key, one at a time: on a cold
+#: buffer pool tens of microseconds each). An id holding more rows is pinned alone.
 PIN_IDS = 50
+PIN_ROWS = 10_000
 
 #: Seconds a pin waits, locks held, for the increments committed before it to land,
 #: looking every PIN_STEP seconds (they are one Redis round trip behind their commit).
@@ -139,6 +142,7 @@ class Candidate:
     member_id: int
     due: float
     attempts: int = 0
+    rows: int = 0  # about how many rows it holds: its score when last observed
 
 
 def _count(value):
@@ -241,8 +245,7 @@ class Candidates:
         if not quiet:
             return
         started = time.monotonic()
-        rows = sum(int(min(score, 1e12)) for _, score in quiet if score and score > 0)  # scores may be inf
-        counts = self.repair.counts([c.member_id for c, _ in quiet], rows)
+        counts = self.repair.counts([c.member_id for c, _ in quiet], sum(c.rows for c, _ in quiet))
         self.result.recounts += 1
         self.result.recount_seconds += time.monotonic() - started
         self.repair.at("recount", members=[c.member for c, _ in quiet])
@@ -268,6 +271,7 @@ class Candidates:
         self.repair.at("observe", members=members)
         quiet = []
         for cand, busy, score in zip(ready, pending, scores):
+            cand.rows = _rows(score)
             if busy:
                 self.retry(cand)
             else:
@@ -354,8 +358,7 @@ class Candidates:
         is skipped.
         """
         hot, self.hot = self.hot, []
-        for start in range(0, len(hot), PIN_IDS):
-            group = hot[start : start + PIN_IDS]
+        for group in _pin_groups(hot):
             self.run.beat()
             try:
                 self._pin(group)
@@ -403,6 +406,25 @@ class Candidates:
                 self.result.added += 1
             else:
                 self.result.changed += 1
+
+
+def _rows(score) -> int:
+    """About how many rows an id with this score holds (scores may be wrong, even inf)."""
+    return int(min(score, 1e12)) if score and score > 0 else 0
+
+
+def _pin_groups(hot: list):
+    """``hot`` in groups of at most PIN_IDS ids holding at most PIN_ROWS rows together (an
+    id holding more goes alone): each group's writers wait while all its rows are read."""
+    group, rows = [], 0
+    for cand in sorted(hot, key=lambda c: c.rows):
+        if group and (len(group) == PIN_IDS or rows + cand.rows > PIN_ROWS):
+            yield group
+            group, rows = [], 0
+        group.append(cand)
+        rows += cand.rows
+    if group:
+        yield group
 
 
 def _lock_refused(exc) -> bool:
