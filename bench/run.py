@@ -271,6 +271,47 @@ def ping_loop(port, stop, results, interval):
     )
 
 
+class Isolation:
+    """With ``--redis-cpu N``: the private redis-server and the PINGing client on CPU N,
+    everything else (this process and what it starts, MariaDB's threads) on the other CPUs,
+    for the duration of a ``with`` block; MariaDB's threads get their CPUs back after.
+    What Redis does to the PINGs then shows apart from what the machine's scheduler does."""
+
+    cpu = None  # the CPU of Redis and the pinger while a block runs
+
+    def __init__(self, cpu: int, redis_pid: int):
+        self.mine = {cpu}
+        self.others = set(os.sched_getaffinity(0)) - self.mine
+        if not self.others:
+            raise SystemExit(f"--redis-cpu {cpu}: no other CPU is left for the rest")
+        self.redis_pid = redis_pid
+        self.saved = {}
+
+    @staticmethod
+    def _threads(name):
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] == name:
+                yield from (thread.id for thread in proc.threads())
+
+    def __enter__(self):
+        for thread in psutil.Process(self.redis_pid).threads():
+            os.sched_setaffinity(thread.id, self.mine)
+        for thread in self._threads("mariadbd"):
+            self.saved[thread] = os.sched_getaffinity(thread)
+            os.sched_setaffinity(thread, self.others)
+        os.sched_setaffinity(0, self.others)
+        Isolation.cpu = next(iter(self.mine))
+        return self
+
+    def __exit__(self, *exc):
+        Isolation.cpu = None
+        default = self.mine | self.others
+        for thread in self._threads("mariadbd"):  # threads started meanwhile included
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(thread, self.saved.get(thread, default))
+        os.sched_setaffinity(0, default)
+
+
 class Pinger:
     """A separate process PINGing Redis for the duration of a ``with`` block."""
 
@@ -282,6 +323,8 @@ class Pinger:
 
     def __enter__(self):
         self.proc.start()
+        if Isolation.cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {Isolation.cpu})
         time.sleep(1.0)  # spawn and a baseline before the contender starts
         return self
 
@@ -911,6 +954,12 @@ def render(results: dict) -> str:
             if results.get("reniced")
             else ""
         )
+        + (
+            f" (`--redis-cpu {results['redis_cpu']}`: redis-server and the PING process alone on CPU "
+            f"{results['redis_cpu']}, the contenders, the traffic and MariaDB's threads on the others)"
+            if results.get("redis_cpu") is not None
+            else ""
+        )
         + "; Redis commands are counted from `INFO commandstats` "
         "(PING and INFO of the bench itself excluded; commands run inside scripts are counted too), "
         "keyspace changes from the server's dirty counter.",
@@ -1186,6 +1235,12 @@ def main(argv=None):
         default=FLOOR_SECONDS,
         help=f"seconds the machine's own PING is measured, idle and busy [{FLOOR_SECONDS:.0f}]",
     )
+    parser.add_argument(
+        "--redis-cpu",
+        type=int,
+        default=None,
+        help="pin the private Redis and the PINGing client to this CPU, everything else to the others",
+    )
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="Markdown report to write")
     parser.add_argument("--render", metavar="JSON", help="only rewrite --results from a results JSON of an earlier run")
     args = parser.parse_args(argv)
@@ -1221,8 +1276,11 @@ def main(argv=None):
         "database": facts,
         "ours_argv": ["flask"] + ours_argv[1:],
     }
-    with PrivateRedis() as server:
+    with PrivateRedis() as server, contextlib.ExitStack() as isolated:
         results["reniced"] = server.reniced
+        if args.redis_cpu is not None:
+            isolated.enter_context(Isolation(args.redis_cpu, server.proc.pid))
+            results["redis_cpu"] = args.redis_cpu
         env = contender_env(server.url, database_url)
         # The hints peer reads as many rows at a time as ours does.
         peer_env = env | ({"STATS_BATCH_SIZE": str(args.batch_size)} if args.batch_size else {})

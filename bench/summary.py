@@ -25,6 +25,8 @@ def load(paths) -> list:
     runs = []
     for path in sorted(paths):
         data = json.loads(Path(path).read_text())
+        if "runs" not in data:  # another kind of figure (bench.floor's)
+            continue
         data["file"] = Path(path).name
         runs.append(data)
     return runs
@@ -90,22 +92,25 @@ def summary_rows(runs) -> list:
 
 def scale_curve(runs) -> list:
     """Ours' microseconds per counter member, per mode, at each scale of each shape."""
+    # A run of one mode alone (the restart) may not have counted the members: another run
+    # of the same scale and shape (same generator, same seed) did.
+    members = {(d["shape"], d["args"]["users"]): d["members_total"] for d in runs if d.get("members_total")}
     table = defaultdict(dict)
     for data in sorted(runs, key=lambda d: d["date"]):  # a later run of a mode replaces an earlier one
-        members = data.get("members_total")
-        if not members:
+        scale_of = (data["shape"], data["args"]["users"])
+        if scale_of not in members:
             continue
         for mode in data["modes"]:
             mine = wall(data, "ours", mode)
             if mine:
-                table[(data["shape"], data["args"]["users"], members)][mode] = mine * 1e6 / members
+                table[scale_of][mode] = mine * 1e6 / members[scale_of]
     lines = [
         "| shape | scale | members | " + " | ".join(f"{m} us/member" for m in MODES) + " |",
         "|---|---|---:|" + "---:|" * len(MODES),
     ]
-    for (shape, users, members), row in sorted(table.items()):
+    for (shape, users), row in sorted(table.items()):
         cells = " | ".join(f"{row[m]:.2f}" if m in row else "" for m in MODES)
-        lines.append(f"| {shape} | {scale(users)} | {members:,} | {cells} |")
+        lines.append(f"| {shape} | {scale(users)} | {members[shape, users]:,} | {cells} |")
     return lines
 
 

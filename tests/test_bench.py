@@ -133,6 +133,25 @@ def test_bench_run_on_snowflake_ids_and_loguniform_targets_keeps_every_check_exa
     assert comment == "bench.generate: shape=loguniform, rows changed after generation"
 
 
+def test_bench_run_can_give_redis_a_cpu_of_its_own_and_gives_mariadb_its_cpus_back(tmp_path):
+    import psutil
+
+    results = tmp_path / "RESULTS.md"
+    mariadb = next(p for p in psutil.process_iter(["name"]) if p.info["name"] == "mariadbd")
+    before = os.sched_getaffinity(mariadb.pid)
+    last = max(before)
+
+    done = run_module(
+        "bench.run", "--users", "300", "--modes", "quiet", "--peers", "hints", "--floor-seconds", "1",
+        "--redis-cpu", str(last), *bench_options("bench"), "--results", str(results),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ours / quiet: exit 0" in done.stdout
+    assert f"redis-server and the PING process alone on CPU {last}" in results.read_text()
+    assert all(os.sched_getaffinity(t.id) == before for t in mariadb.threads())
+
+
 def test_profile_counts_each_function_once_per_sample_and_leaves_the_plumbing_out():
     raw = (
         "<module> (flask:8);Group.main (click/core.py:1);fix (toutiao/cli/stats.py:10);"
@@ -213,13 +232,19 @@ def test_summary_takes_a_later_run_of_a_mode_and_borrows_the_old_ways_time_from_
         "old/empty": run(100.0), "ours/empty": run(10.0), "ours/drift-1": run(30.0),
     })  # fmt: skip
     second = results("b.json", "2026-12-03 11:00 UTC", ["drift-1"], {"ours/drift-1": run(20.0)})
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"date": "2026-12-03 12:00 UTC", "floor": {}}))  # bench.floor's: not a run
+    alone = results("c.json", "2026-12-03 13:00 UTC", ["restart"], {"ours/restart": run(40.0)})
+    data = json.loads(alone.read_text())
+    del data["members_total"]  # a run of the restart alone: the members come from another run
+    alone.write_text(json.dumps(data))
 
-    runs = summary.load([first, second])
+    runs = summary.load([first, second, floor, alone])
     rows, curve = summary.summary_rows(runs), summary.scale_curve(runs)
 
     assert any("| drift-1 (superseded by a later run) | (100.0) |" in row and "| 30.0 |" in row for row in rows)
     assert any("| drift-1 | (100.0) |" in row and "| 20.0 | (0.200) |" in row for row in rows)
-    assert curve[-1] == "| skewed | 1k | 1,000 | 10000.00 |  |  | 20000.00 |  |  |"
+    assert curve[-1] == "| skewed | 1k | 1,000 | 10000.00 |  |  | 20000.00 |  | 40000.00 |"
 
 
 def test_profiled_runs_a_command_under_py_spy_and_finds_its_busy_function(tmp_path):
