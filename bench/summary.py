@@ -25,8 +25,8 @@ def load(paths) -> list:
     runs = []
     for path in sorted(paths):
         data = json.loads(Path(path).read_text())
-        if "runs" not in data:  # another kind of figure (bench.floor's)
-            continue
+        if "runs" not in data or data.get("redis_cpu") is not None:
+            continue  # another kind of figure: bench.floor's, or a run with Redis on a CPU of its own
         data["file"] = Path(path).name
         runs.append(data)
     return runs

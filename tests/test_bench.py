@@ -239,7 +239,10 @@ def test_summary_takes_a_later_run_of_a_mode_and_borrows_the_old_ways_time_from_
     del data["members_total"]  # a run of the restart alone: the members come from another run
     alone.write_text(json.dumps(data))
 
-    runs = summary.load([first, second, floor, alone])
+    isolated = results("d.json", "2026-12-03 14:00 UTC", ["drift-1"], {"ours/drift-1": run(99.0)})
+    isolated.write_text(json.dumps(json.loads(isolated.read_text()) | {"redis_cpu": 1}))  # not comparable
+
+    runs = summary.load([first, second, floor, alone, isolated])
     rows, curve = summary.summary_rows(runs), summary.scale_curve(runs)
 
     assert any("| drift-1 (superseded by a later run) | (100.0) |" in row and "| 30.0 |" in row for row in rows)
