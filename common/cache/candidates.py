@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from common.cache import keys
 from common.cache.lease import FENCE, previous_writers
@@ -354,17 +354,15 @@ class Candidates:
         have landed (at most :data:`PIN_WAIT`), Redis holds all of them and the count holds
         the same, and the count is written whatever traffic touched in between. Their
         writers wait for the locks, for a re-count and one script. An id whose increment is
-        still announced, and every id of a re-count that could not get its locks in time,
-        is skipped.
+        still announced, and every id of a re-count that failed (its locks not had in time,
+        a deadlock, a locking read refused to the account), is skipped.
         """
         hot, self.hot = self.hot, []
         for group in _pin_groups(hot):
             self.run.beat()
             try:
                 self._pin(group)
-            except OperationalError as exc:
-                if not _lock_refused(exc):
-                    raise
+            except DBAPIError as exc:  # a lock wait timeout, a deadlock, a locking read refused
                 log.info("could not lock the rows of %d ids of %s: %s", len(group), self.key, one_line(exc))
                 for cand in group:
                     self.result.skip(cand.member)
@@ -373,8 +371,8 @@ class Candidates:
         members = [cand.member for cand in group]
         source = self.run.source
         started = time.monotonic()
-        self.result.pinned += len(group)
         with source.locked_counts(self.repair.counter, [cand.member_id for cand in group]) as counts:
+            self.result.pinned += len(group)
             self.repair.at("locked", members=members)
             deadline = time.monotonic() + PIN_WAIT
             while any(self.redis.hmget(self.inflight, members)) and time.monotonic() < deadline:
@@ -425,9 +423,3 @@ def _pin_groups(hot: list):
         rows += cand.rows
     if group:
         yield group
-
-
-def _lock_refused(exc) -> bool:
-    """Tell whether a database error is a lock wait timeout or a deadlock (MySQL 1205, 1213)."""
-    args = getattr(exc.orig, "args", ())
-    return bool(args) and args[0] in (1205, 1213)

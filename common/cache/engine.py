@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -83,7 +83,7 @@ class RepairEngine:
     """Repair (or, with ``dry_run``, only check) counters against the database.
 
     ``redis`` is a redis-py client made with ``decode_responses=True``; ``db`` a
-    SQLAlchemy engine whose pool has room for two connections per job. ``heartbeat`` is
+    SQLAlchemy engine whose pool has room for four connections per job. ``heartbeat`` is
     called between batches and may raise (:class:`Interrupted` on SIGTERM) to stop the
     run. ``on_result(result)`` is called as each counter finishes and
     ``on_progress(key, members)`` after each database batch.
@@ -194,13 +194,17 @@ class RepairEngine:
     def _one_at_a_time(self, counters, results: dict):
         """Pass over each counter's rows in turn, in this thread; each counter's catch-up
         (mostly waiting for its candidates to settle) runs in a second thread meanwhile,
-        so those waits overlap the next counter's pass instead of adding up."""
+        so those waits overlap the next counter's pass instead of adding up. A counter's
+        catch-up is handed over once the one before it has ended: at most one waits."""
         finishing: dict = {}
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats-finish") as finisher:
+                previous = None
                 for counter in counters:
                     begun = self._begin(counter)
-                    finishing[counter.key] = finisher.submit(self._finish_reported, begun)
+                    if previous is not None:  # one catch-up at a time: what waits is bounded
+                        wait([previous])
+                    previous = finishing[counter.key] = finisher.submit(self._finish_reported, begun)
         finally:  # every catch-up submitted has ended: the pool waited for them
             for key, future in finishing.items():
                 if not future.cancelled() and future.exception() is None:
@@ -264,6 +268,7 @@ class RepairEngine:
             self._end(begun, failed=True)
             self._give_back(begun.counter)
         except BaseException:
+            self._stop.set()  # the other thread stops at its next batch too
             self._end(begun, failed=True)
             raise
 

@@ -41,7 +41,7 @@ def index_starting_with(conn, table, columns) -> Optional[str]:
     """Return the name of an index of ``table`` that starts with ``columns``, or None."""
     for index in inspect(conn).get_indexes(table) + inspect(conn).get_unique_constraints(table):
         if list(index["column_names"][: len(columns)]) == list(columns):
-            return index["name"]
+            return index["name"] or ""  # SQLite's unnamed unique constraints have none
     return None
 
 
