@@ -729,3 +729,21 @@ def wait_for_a_lock_wait(engine, timeout=10.0) -> bool:
                 return True
             time.sleep(0.01)
     return False
+
+
+def test_a_counters_pass_waits_for_the_catch_up_of_the_counter_two_before(world):
+    engine, redis = world
+    arts = Statistic.registry["count:user:arts"]  # missing: rebuilt (empty), its swap in the main thread
+    third_passes = threading.Event()
+    waited = []
+    cp = Checkpoints()
+    cp.at("final_pass", lambda: waited.append(third_passes.wait(timeout=3)), counter=KEY)
+    cp.at("swap", third_passes.set, counter=arts)
+
+    report = run(engine, redis, (FOLLOWERS, FOLLOWINGS, arts), checkpoint=cp)
+
+    cp.assert_fired()
+    assert waited == [False]  # one catch-up waits at a time: the third pass came after the first catch-up
+    names = [(n, c["counter"]) for n, c in cp.reached]
+    assert names.index(("release", KEY)) < names.index(("swap", arts.key))
+    assert not report.failed and exact(engine, redis, FOLLOWERS, FOLLOWINGS)
