@@ -31,6 +31,24 @@ from common.exceptions import LockLost, PreviousWriters, one_line
 
 log = logging.getLogger(__name__)
 
+# The writes of a script, gathered per id and made at the end in one ZADD and one ZREM:
+# put(id, count) ('' removes the id), then flush(key).
+_PUT = """
+local adds, removes = {}, {}
+local function put(id, count)
+  if count == '' then
+    removes[#removes + 1] = id
+  else
+    adds[#adds + 1] = count
+    adds[#adds + 1] = id
+  end
+end
+local function flush(key)
+  if #adds > 0 then redis.call('ZADD', key, unpack(adds)) end
+  if #removes > 0 then redis.call('ZREM', key, unpack(removes)) end
+end
+"""
+
 # KEYS: counter, runs, track, inflight, canary. ARGV: lease, then per id: id, expected
 # score ('' absent), new count ('' remove). -1 lease lost, -2 old writers; otherwise one
 # answer per id: 1 written, 0 not quiet or changed (left alone). Each id is checked on its
@@ -38,6 +56,7 @@ log = logging.getLogger(__name__)
 _CAS = Lua(
     NOW
     + FENCE
+    + _PUT
     + """
 if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
 local ids = {}
@@ -45,25 +64,19 @@ for i = 2, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
 local tracked = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
 local announced = redis.call('HMGET', KEYS[4], unpack(ids))
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
-local answers, adds, removes = {}, {}, {}
+local answers = {}
 for k = 1, #ids do
-  local expected, count, cur = ARGV[3 * k], ARGV[3 * k + 1], scores[k]
+  local expected, cur = ARGV[3 * k], scores[k]
   local answer = 0
   if tracked[k] == 0 and not announced[k] then
     if (expected == '' and not cur) or (expected ~= '' and cur and tonumber(cur) == tonumber(expected)) then
       answer = 1
-      if count == '' then
-        removes[#removes + 1] = ids[k]
-      else
-        adds[#adds + 1] = count
-        adds[#adds + 1] = ids[k]
-      end
+      put(ids[k], ARGV[3 * k + 1])
     end
   end
   answers[k] = answer
 end
-if #adds > 0 then redis.call('ZADD', KEYS[1], unpack(adds)) end
-if #removes > 0 then redis.call('ZREM', KEYS[1], unpack(removes)) end
+flush(KEYS[1])
 return answers
 """
 )
@@ -76,29 +89,23 @@ return answers
 _PIN = Lua(
     NOW
     + FENCE
+    + _PUT
     + """
 if redis.call('SCARD', KEYS[4]) > 1 then return -2 end
 local ids = {}
 for i = 2, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
 local announced = redis.call('HMGET', KEYS[3], unpack(ids))
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
-local answers, adds, removes = {}, {}, {}
+local answers = {}
 for k = 1, #ids do
   if announced[k] then
     answers[k] = 'busy'
   else
     answers[k] = scores[k] or ''
-    local count = ARGV[2 * k + 1]
-    if count == '' then
-      removes[#removes + 1] = ids[k]
-    else
-      adds[#adds + 1] = count
-      adds[#adds + 1] = ids[k]
-    end
+    put(ids[k], ARGV[2 * k + 1])
   end
 end
-if #adds > 0 then redis.call('ZADD', KEYS[1], unpack(adds)) end
-if #removes > 0 then redis.call('ZREM', KEYS[1], unpack(removes)) end
+flush(KEYS[1])
 return answers
 """
 )
@@ -311,25 +318,32 @@ class Candidates:
             args = [self.lease]
             for cand, score, count in part:
                 args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
-            answer = _CAS(self.redis, counter_keys, args)
-            if answer == -1:
-                raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
-            if answer == -2:
-                raise PreviousWriters(previous_writers(self.key))
-            answers += answer
+            answers += self._written(_CAS(self.redis, counter_keys, args))
         self.repair.at("write", members=[cand.member for cand, _, _ in items])
         for (cand, score, count), answer in zip(items, answers):
             if answer == 0:
                 self.retry(cand)
-                continue
-            self.result.wrong += 1
-            self.repair.example(cand.member, score, count or 0)
-            if count is None:
-                self.result.removed += 1
-            elif score is None:
-                self.result.added += 1
             else:
-                self.result.changed += 1
+                self._fixed(cand, score, count)
+
+    def _written(self, answer):
+        """A write script's answers, unless it refused them all (lease lost, old writers)."""
+        if answer == -1:
+            raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
+        if answer == -2:
+            raise PreviousWriters(previous_writers(self.key))
+        return answer
+
+    def _fixed(self, cand, score, count):
+        """Report a member written from ``score`` (None: absent) to ``count`` (None: removed)."""
+        self.result.wrong += 1
+        self.repair.example(cand.member, score, count or 0)
+        if count is None:
+            self.result.removed += 1
+        elif score is None:
+            self.result.added += 1
+        else:
+            self.result.changed += 1
 
     def retry(self, cand):
         self.disturbed = True
@@ -384,26 +398,14 @@ class Candidates:
             answer = _PIN(self.redis, [self.key, keys.runs(self.key), self.inflight, keys.canary(self.key)], args)
         self.result.pin_seconds += time.monotonic() - started
         self.repair.at("unlocked", members=members)
-        if answer == -1:
-            raise LockLost(f"lost the lease on {self.key} (expired or taken over); stopping")
-        if answer == -2:
-            raise PreviousWriters(previous_writers(self.key))
-        for cand, old in zip(group, answer):
+        for cand, old in zip(group, self._written(answer)):
             if old == "busy":
                 self.result.skip(cand.member)
                 continue
             score = float(old) if old != "" else None
             count = _count(counts.get(cand.member_id))
-            if same(score, count):
-                continue
-            self.result.wrong += 1
-            self.repair.example(cand.member, score, count or 0)
-            if count is None:
-                self.result.removed += 1
-            elif score is None:
-                self.result.added += 1
-            else:
-                self.result.changed += 1
+            if not same(score, count):
+                self._fixed(cand, score, count)
 
 
 def _rows(score) -> int:

@@ -245,10 +245,7 @@ class RepairEngine:
                 started = time.monotonic()
                 begun.repair.catch_up()
                 begun.result.catch_up_seconds = time.monotonic() - started
-                begun.done = True
-        if begun.repair is not None:
-            begun.repair.close()
-        begun.result.seconds = time.monotonic() - begun.started
+        self._end(begun, failed=False)  # after a failure: already closed, seconds set again
         return begun.result
 
     @contextmanager
@@ -273,6 +270,7 @@ class RepairEngine:
             raise
 
     def _end(self, begun: "_Begun", failed: bool):
+        """The counter is done with: its connection handed back (dropped if it failed)."""
         begun.done = True
         if begun.repair is not None:
             begun.repair.close(failed=failed)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common.cache.members import Shard
 from common.cache.plan import has_index, index_starting_with
+from common.cache.statistic import mysql_hint
 from common.exceptions import one_line
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class Source:
         statistics, no scan); None where there is none."""
         if conn.dialect.name not in ("mysql", "mariadb"):
             return None
-        rows = conn.execute(text(_TABLE_ROWS), {"t": counter.members_of.__table__.name}).scalar()
+        rows = self._table_rows(conn, counter.members_of.__table__.name)
         return int(rows) if rows else None
 
     def ids_estimate(self, counter) -> Optional[int]:
@@ -308,8 +309,7 @@ class Source:
         if rows and counter.stream_scan is not None and conn.dialect.name in ("mysql", "mariadb"):
             table_rows = self._table_rows(conn, counter.stream_scan.__table__.name)
             if table_rows and rows * SCAN_RATIO > table_rows and not self.has_covering_index(counter):
-                for dialect in ("mysql", "mariadb"):
-                    stmt = stmt.with_hint(counter.stream_scan, "USE INDEX ()", dialect_name=dialect)
+                stmt = counter.scanning(stmt)
         return {int(m): int(n) for m, n in conn.execute(stmt).all()}
 
     def _table_rows(self, conn, table: str) -> Optional[int]:
@@ -357,12 +357,8 @@ class Source:
                     # On its index, whatever the optimizer thinks of a hot id's share of the
                     # table: a scan would lock every row, and every writer with them.
                     table = counter.query.get_final_froms()[0]
-                    stmt = (
-                        counter.query.where(counter.member_column().in_(member_ids))
-                        .with_hint(table, f"FORCE INDEX (`{self._lock_index(counter)}`)", dialect_name="mysql")
-                        .with_hint(table, f"FORCE INDEX (`{self._lock_index(counter)}`)", dialect_name="mariadb")
-                        .with_for_update(read=True)
-                    )
+                    stmt = counter.query.where(counter.member_column().in_(member_ids)).with_for_update(read=True)
+                    stmt = mysql_hint(stmt, table, f"FORCE INDEX (`{self._lock_index(counter)}`)")
                     yield {int(m): int(n) for m, n in conn.execute(stmt).all()}
             finally:
                 try:

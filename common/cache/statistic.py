@@ -18,6 +18,13 @@ from sqlalchemy import Integer, Select, cast, func, select
 from common.models import Article, Attitude, Collection, Comment, CommentLiking, Relation, User
 
 
+def mysql_hint(stmt: Select, table, hint: str) -> Select:
+    """``stmt`` with an index hint on ``table`` for MySQL and MariaDB (other databases ignore it)."""
+    for dialect in ("mysql", "mariadb"):
+        stmt = stmt.with_hint(table, hint, dialect_name=dialect)
+    return stmt
+
+
 class Statistic:
     """Base of every counter: a sorted set at ``key`` computed by ``query``."""
 
@@ -49,10 +56,12 @@ class Statistic:
     def stream_query(cls, covering_index_exists: bool = False) -> Select:
         """Return the query as the repair streams it: in member order, scanning when that is cheaper."""
         stmt = cls.query.order_by(cls.member_column())
-        if cls.stream_scan is not None and not covering_index_exists:
-            for dialect in ("mysql", "mariadb"):
-                stmt = stmt.with_hint(cls.stream_scan, "USE INDEX ()", dialect_name=dialect)
-        return stmt
+        return stmt if covering_index_exists else cls.scanning(stmt)
+
+    @classmethod
+    def scanning(cls, stmt: Select) -> Select:
+        """``stmt`` asking MySQL/MariaDB to scan ``stream_scan``'s table (``USE INDEX ()``)."""
+        return stmt if cls.stream_scan is None else mysql_hint(stmt, cls.stream_scan, "USE INDEX ()")
 
     @classmethod
     def describe(cls) -> str:
