@@ -6,6 +6,7 @@ runs between two steps of the run under test, then asserts the counter equals th
 database. Every interleaving is forced; nothing waits on a timer.
 """
 
+import itertools
 import threading
 
 import pytest
@@ -539,9 +540,8 @@ def test_a_stray_is_swept_when_traffic_removed_a_streamed_id_and_the_sizes_agree
 
 def test_a_counter_reports_where_its_seconds_went(world):
     engine, redis = world
-    write = follow(engine, redis, 900, 23)
-    cp = Checkpoints().at("snapshot", lambda: write.announce().commit(), counter=KEY)
-    cp.at("stream_batch", write.increment, counter=KEY, nth=3)  # 23 was announced when looked at
+    cp = Checkpoints()
+    announced_when_streamed(cp, follow(engine, redis, 900, 23), counter=FOLLOWERS, nth=3)  # 23 announced when looked at
 
     result = result_of(run(engine, redis, checkpoint=cp))
 
@@ -607,33 +607,38 @@ def test_a_missing_key_begun_ahead_is_rebuilt_exactly_with_follows_before_its_cl
 HOT = "1003"  # follows 21; followings are counted by user_relation.user_id, which an index starts
 
 
-def keep_hot(engine, redis, cp, member=HOT, first_target=100):
-    """A checkpoint callable: ``cp``, and a follow by ``member`` landing between each re-count
-    of it and its write, so it never stays quiet."""
-    targets = iter(range(first_target, first_target + 1000))
+def keep_hot(cp, counter, member, land):
+    """A checkpoint callable: ``cp``, and ``land(k)`` (the k-th write touching ``member``)
+    between each re-count of ``member`` in ``counter`` and its write, so it never stays quiet."""
+    landed = itertools.count()
 
     def at(name, **context):
         cp(name, **context)
-        if name == "recount" and context["counter"] == FOLLOWINGS.key and member in context["members"]:
-            follow(engine, redis, int(member), next(targets)).run()
+        if name == "recount" and context["counter"] == counter.key and member in context["members"]:
+            land(next(landed))
 
     return at
 
 
-def announced_when_streamed(engine, redis, cp, member=HOT):
-    """Make ``member`` a candidate: its follow is announced and committed when the stream looks."""
-    write = follow(engine, redis, int(member), 99)
-    cp.at("snapshot", lambda: write.announce().commit(), counter=FOLLOWINGS)
-    cp.at("stream_batch", write.increment, counter=FOLLOWINGS, nth=9)
+def hot_follower(engine, redis, cp):
+    """:func:`keep_hot` for HOT in FOLLOWINGS: HOT follows someone new each time."""
+    return keep_hot(cp, FOLLOWINGS, HOT, lambda k: follow(engine, redis, int(HOT), 100 + k).run())
+
+
+def announced_when_streamed(cp, write, counter=FOLLOWINGS, nth=9):
+    """Make the member of ``write`` a candidate of ``counter``: announced and committed
+    when the stream starts, it is applied after the ``nth`` batch."""
+    cp.at("snapshot", lambda: write.announce().commit(), counter=counter)
+    cp.at("stream_batch", write.increment, counter=counter, nth=nth)
 
 
 def test_an_id_never_quiet_is_pinned_under_its_rows_locks_and_ends_exact(world):
     engine, redis = world
     redis.zincrby(FOLLOWINGS.key, 3, HOT)
     cp = Checkpoints()
-    announced_when_streamed(engine, redis, cp)
+    announced_when_streamed(cp, follow(engine, redis, int(HOT), 99))
 
-    report = run(engine, redis, (FOLLOWINGS,), checkpoint=keep_hot(engine, redis, cp))
+    report = run(engine, redis, (FOLLOWINGS,), checkpoint=hot_follower(engine, redis, cp))
 
     cp.assert_fired()
     result = result_of(report, FOLLOWINGS)
@@ -646,17 +651,10 @@ def test_an_id_never_quiet_is_pinned_under_its_rows_locks_and_ends_exact(world):
 def test_a_counter_without_an_index_on_its_member_column_skips_an_id_never_quiet(world):
     engine, redis = world
     cp = Checkpoints()
-    write = follow(engine, redis, 900, 24)
-    cp.at("snapshot", lambda: write.announce().commit(), counter=KEY)
-    cp.at("stream_batch", write.increment, counter=KEY, nth=3)
-    targets = iter(range(2000, 3000))
+    announced_when_streamed(cp, follow(engine, redis, 900, 24), counter=FOLLOWERS, nth=3)
+    new_follower = keep_hot(cp, FOLLOWERS, "24", lambda k: follow(engine, redis, 2000 + k, 24).run())
 
-    def at(name, **context):
-        cp(name, **context)
-        if name == "recount" and context["counter"] == KEY and "24" in context["members"]:
-            follow(engine, redis, next(targets), 24).run()
-
-    report = run(engine, redis, checkpoint=at)
+    report = run(engine, redis, checkpoint=new_follower)
 
     assert "locked" not in cp.names()  # user_relation.target_user_id has no index of its own
     assert result_of(report).skipped_ids == ["24"]
@@ -665,7 +663,7 @@ def test_a_counter_without_an_index_on_its_member_column_skips_an_id_never_quiet
 def test_a_write_to_a_pinned_id_waits_for_the_locks_then_counts_once(world):
     engine, redis = world
     cp = Checkpoints()
-    announced_when_streamed(engine, redis, cp)
+    announced_when_streamed(cp, follow(engine, redis, int(HOT), 99))
     waiting = threading.Thread(target=lambda: follow(engine, redis, int(HOT), 29).run_as_app())
 
     def a_write_comes_in():
@@ -678,7 +676,7 @@ def test_a_write_to_a_pinned_id_waits_for_the_locks_then_counts_once(world):
 
     cp.at("locked", a_write_comes_in, counter=FOLLOWINGS)
 
-    report = run(engine, redis, (FOLLOWINGS,), checkpoint=keep_hot(engine, redis, cp))
+    report = run(engine, redis, (FOLLOWINGS,), checkpoint=hot_follower(engine, redis, cp))
     waiting.join(timeout=30)
 
     cp.assert_fired()
@@ -691,7 +689,7 @@ def test_a_pin_that_cannot_lock_the_rows_in_time_skips_the_id_and_writes_nothing
     engine, redis = world
     redis.zincrby(FOLLOWINGS.key, 3, HOT)
     cp = Checkpoints()
-    announced_when_streamed(engine, redis, cp)
+    announced_when_streamed(cp, follow(engine, redis, int(HOT), 99))
     holder = engine.connect()
     holding = holder.begin()
 
@@ -700,7 +698,7 @@ def test_a_pin_that_cannot_lock_the_rows_in_time_skips_the_id_and_writes_nothing
 
     cp.at("final_pass", another_transaction_holds_a_row, counter=FOLLOWINGS)
     try:
-        report = run(engine, redis, (FOLLOWINGS,), checkpoint=keep_hot(engine, redis, cp))
+        report = run(engine, redis, (FOLLOWINGS,), checkpoint=hot_follower(engine, redis, cp))
         score = redis.zscore(FOLLOWINGS.key, HOT)
     finally:
         holding.rollback()
