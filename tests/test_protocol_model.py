@@ -135,6 +135,30 @@ MUTANTS = [
         ":: false -> lost = true\n        :: inflight == 0 ->",
     ),
     ("a pin counts before it holds the locks", 1, "    c = db;\n    if :: inflight == 0", "    if :: inflight == 0"),
+    (
+        "a re-count trusts the score observed without a second look",
+        1,
+        "        :: QUIET(r) -> cand = false\n        :: else -> cand = true",
+        "        :: true -> cand = false",
+    ),
+    (
+        "a re-count's snapshot is taken after its second look",
+        1,
+        "recount_view:\n    c = db;",
+        "recount_view:\n    skip;",
+    ),
+    (
+        "a full run writes the count without what the score gained",
+        1,
+        "want = want + (rp -> rs : 0) - (e1 -> s1 : 0);",
+        "skip;",
+    ),
+    (
+        "a shard's run adds what the score gained",
+        4,
+        "FENCE(r) && adjusting && exclusive ->",
+        "FENCE(r) && adjusting ->",
+    ),
 ]
 PINS = {name for name, *_ in MUTANTS if "pin" in name}
 
@@ -145,6 +169,10 @@ def test_the_checker_finds_each_hole_cut_into_the_protocol(tmp_path, name, scena
     model = PROTOCOL.replace(text, replacement)
     if name == "a pin counts before it holds the locks":
         model = model.replace("    pinned = true;\n", "    pinned = true;\n    c = db;\n")
+    if name == "a re-count's snapshot is taken after its second look":
+        model = model.replace("\nrecount:\n", "\n    c = db;\nrecount:\n")
+    if name == "a shard's run adds what the score gained":
+        model = model.replace(":: FENCE(r) && !(adjusting && exclusive) &&", ":: FENCE(r) && !adjusting &&")
     pinnable = int(name in PINS)
     report = verify(tmp_path, model, SCENARIO=scenario, WRITERS=WRITERS[scenario], PINNABLE=pinnable)
     assert errors(report) >= 1, f"{name}: not found\n{report}"

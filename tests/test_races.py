@@ -376,6 +376,105 @@ def test_check_under_traffic_reports_no_drift_that_is_not_there(world):
     assert not report.drift
 
 
+# -- re-counts from a snapshot ---------------------------------------------------------------
+
+
+def a_candidate(engine, redis, cp, target=23, counter=KEY):
+    """Make ``target`` a candidate (touched while streamed) two short: the run re-counts it."""
+    redis.zincrby(KEY, -2, str(target))
+    cp.at("stream_batch", lambda: follow(engine, redis, 900, target).run(), counter=counter)
+
+
+def observed(cp, member) -> int:
+    """How many times the run observed ``member`` before its final pass (which looks again
+    at every id traffic touched)."""
+    names = cp.names()
+    before = cp.reached[: names.index("final_pass")] if "final_pass" in names else cp.reached
+    return sum(1 for n, c in before if n == "observe" and member in c["members"])
+
+
+def test_a_follow_landing_between_a_recount_and_its_write_is_added_to_the_count(world):
+    engine, redis = world
+    cp = Checkpoints()
+    a_candidate(engine, redis, cp)
+    cp.at("recount", lambda: follow(engine, redis, 901, 23).run(), counter=KEY)  # after the snapshot
+
+    report = run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+    assert observed(cp, "23") == 1  # written at once, the count plus the follow's +1, not tried again
+    assert result_of(report).wrong == 1 and result_of(report).skipped == 0
+
+
+def test_a_shards_run_retries_an_id_that_moved_between_its_recount_and_its_write(world):
+    # Another shard's run may write the same id (after a rebuild): adding a gain is a full run's alone.
+    engine, redis = world
+    cp = Checkpoints()
+    a_candidate(engine, redis, cp, target=25)
+    cp.at("recount", lambda: follow(engine, redis, 901, 25).run(), counter=KEY)
+
+    run(engine, redis, shard=Shard(1, 2), checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+    assert observed(cp, "25") == 2
+
+
+@pytest.mark.parametrize("committed", ["after the snapshot", "before the snapshot"])
+def test_a_follow_applied_between_the_observe_and_the_second_look_is_looked_at_again(world, committed):
+    engine, redis = world
+    cp = Checkpoints()
+    a_candidate(engine, redis, cp)
+    write = follow(engine, redis, 901, 23)
+    if committed == "after the snapshot":  # not in the count, but in the score
+        cp.at("recount_view", write.run, counter=KEY)
+    else:  # in the count, and in the score: the score observed matches neither side
+        cp.at("observe", lambda: write.announce().commit(), counter=KEY)
+        cp.at("recount_view", write.increment, counter=KEY)
+
+    run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+    assert observed(cp, "23") >= 2  # the second look found it busy: tried again
+
+
+def test_a_member_queued_twice_is_corrected_once(world, monkeypatch):
+    engine, redis = world
+    monkeypatch.setattr(candidates, "REDIS_IDS", 1)  # each copy written by a script of its own
+    queue = candidates.Candidates.queue
+
+    def twice(self, *args, **kwargs):
+        queue(self, *args, **kwargs)
+        queue(self, *args, **kwargs)
+
+    monkeypatch.setattr(candidates.Candidates, "queue", twice)
+    cp = Checkpoints()
+    a_candidate(engine, redis, cp)
+
+    report = run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert exact(engine, redis)
+    assert result_of(report).wrong == 1
+
+
+def test_a_recount_reads_the_database_as_it_was_at_its_snapshot(world):
+    engine, redis = world
+    cp = Checkpoints()
+    a_candidate(engine, redis, cp)
+    cp.at("recount_view", lambda: follow(engine, redis, 901, 23).commit(), counter=KEY)  # applied later
+
+    run(engine, redis, checkpoint=cp)
+    seen_by_recount = redis.zscore(KEY, "23")
+    follow(engine, redis, 901, 23).increment()
+
+    cp.assert_fired()
+    assert seen_by_recount == count(engine, 23) - 1  # the follow committed after the snapshot is not in it
+    assert exact(engine, redis)
+
+
 # -- what a run leaves in Redis --------------------------------------------------------------
 
 
@@ -609,12 +708,13 @@ HOT = "1003"  # follows 21; followings are counted by user_relation.user_id, whi
 
 def keep_hot(cp, counter, member, land):
     """A checkpoint callable: ``cp``, and ``land(k)`` (the k-th write touching ``member``)
-    between each re-count of ``member`` in ``counter`` and its write, so it never stays quiet."""
+    between each re-count's snapshot of ``member`` in ``counter`` and its second look, so it
+    never stays quiet."""
     landed = itertools.count()
 
     def at(name, **context):
         cp(name, **context)
-        if name == "recount" and context["counter"] == counter.key and member in context["members"]:
+        if name == "recount_view" and context["counter"] == counter.key and member in context["members"]:
             land(next(landed))
 
     return at

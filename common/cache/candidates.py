@@ -2,9 +2,14 @@
 
 An id is *quiet* for a run when no increment of it is announced and none touched it
 since the run last looked. A candidate waits ``settle`` seconds (so the increments on
-their way can land), then is observed in Redis in one MULTI (which resets its tracking),
-re-counted in the database, and written with a compare-and-set script (or, when Redis
-already agrees, confirmed) only if it is still quiet and unchanged. One that never is
+their way can land), then is observed in Redis in one MULTI (which resets its tracking);
+then the database's view is fixed (a snapshot) and Redis is looked at once more. An id
+still quiet and unchanged then has, in Redis, every increment committed before the
+snapshot and none after: its score *matches the snapshot*, however long the re-count
+that follows takes. If the re-count differs, a full run (the only run writing the
+counter) writes the count plus whatever traffic added since (``_ADJUST``, exact for any
+traffic); a shard's run writes the count only if the id is still quiet and unchanged
+(``_CAS``). One whose second look finds it busy is tried again: it
 gets ``attempts`` tries, then more in the final pass; there, where the counter's member
 column has an index on MySQL/MariaDB, one still busy after :data:`PIN_AFTER` tries is
 *pinned*: re-counted with its rows locked and written whatever traffic did meanwhile
@@ -104,6 +109,48 @@ for k = 1, #ids do
     answers[k] = scores[k] or ''
     put(ids[k], ARGV[2 * k + 1])
   end
+end
+flush(KEYS[1])
+return answers
+"""
+)
+
+# KEYS: counter, runs, canary. ARGV: lease, then per id: id, score observed ('' absent),
+# count ('' zero), the score matching the count's snapshot. For a run that alone writes the
+# counter (a full run: its lease excludes every other): the increments applied since the
+# snapshot all committed after it, so the id's right score is the count plus what the
+# score gained since it was observed. -1 lease lost, -2 old writers; otherwise per id 1
+# written, 0 left alone (a score that is no finite number: no gain can be told).
+_ADJUST = Lua(
+    NOW
+    + FENCE
+    + _PUT
+    + """
+if redis.call('SCARD', KEYS[3]) > 1 then return -2 end
+local ids = {}
+for i = 2, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+local answers = {}
+for k = 1, #ids do
+  local observed, count, score = ARGV[3 * k], ARGV[3 * k + 1], scores[k]
+  local answer = 1
+  if (observed == '' and not score) or (observed ~= '' and score and tonumber(score) == tonumber(observed)) then
+    put(ids[k], count)
+  else
+    local was, now, want = 0, 0, 0
+    if observed ~= '' then was = tonumber(observed) end
+    if score then now = tonumber(score) end
+    if count ~= '' then want = tonumber(count) end
+    local right = was and now and want and (want + now - was)
+    if not right or right ~= right or right == math.huge or right == -math.huge then
+      answer = 0
+    elseif right == 0 then
+      put(ids[k], '')
+    else
+      put(ids[k], string.format('%.17g', right))
+    end
+  end
+  answers[k] = answer
 end
 flush(KEYS[1])
 return answers
@@ -243,8 +290,11 @@ class Candidates:
             self.pin()
 
     def recheck(self, ready):
-        """Observe ``ready`` in Redis (a batch per MULTI), re-count the quiet ones in one
-        query, then write or confirm each."""
+        """Observe ``ready`` in Redis (a batch per MULTI), fix the database's view and look
+        at the quiet ones again, re-count those still unchanged in one query from that
+        view, then write each that differs (:meth:`adjust`)."""
+        once: set = set()  # one candidate per id: two would each add what traffic added
+        ready = [c for c in ready if not (c.member in once or once.add(c.member))]
         quiet = []
         self.result.rechecked += len(ready)
         for part in parts(ready):
@@ -252,17 +302,21 @@ class Candidates:
         if not quiet:
             return
         started = time.monotonic()
-        counts = self.repair.counts([c.member_id for c, _ in quiet], sum(c.rows for c, _ in quiet))
+        with self.repair.snapshot():
+            self.repair.at("recount_view", members=[c.member for c, _ in quiet])
+            quiet = [item for part in parts(quiet) for item in self.unchanged(part)]
+            if not quiet:
+                return
+            counts = self.repair.counts([c.member_id for c, _ in quiet], sum(c.rows for c, _ in quiet))
         self.result.recounts += 1
         self.result.recount_seconds += time.monotonic() - started
         self.repair.at("recount", members=[c.member for c, _ in quiet])
-        stable, equal = [], []
+        wrong = []
         for cand, score in quiet:
             count = _count(counts.get(cand.member_id))
-            (equal if same(score, count) else stable).append((cand, score, count))
-        for part in parts(equal):
-            self.confirm(part, report=False)
-        self.write(stable)
+            if not same(score, count):
+                wrong.append((cand, score, count))
+        self.adjust(wrong)
 
     def observe(self, ready) -> list:
         """Reset the tracking of ``ready`` and read them at one instant; return the quiet
@@ -285,32 +339,65 @@ class Candidates:
                 quiet.append((cand, score))
         return quiet
 
-    def confirm(self, items, report: bool):
-        """Keep the items still quiet and unchanged since they were observed; retry the rest.
-        With ``report``, each one kept is drift that a check reports."""
+    def unchanged(self, items) -> list:
+        """Keep the items (``(candidate, score observed, ...)``) still quiet and unchanged
+        since they were observed; retry the others."""
         if not items:
-            return
-        members = [cand.member for cand, _, _ in items]
+            return []
+        members = [item[0].member for item in items]
         pipe = self.redis.pipeline(transaction=True)
         pipe.smismember(self.track, members)
         pipe.hmget(self.inflight, members)
         pipe.zmscore(self.key, members)
         touched, pending, scores = pipe.execute()
-        for (cand, score, count), moved, busy, now in zip(items, touched, pending, scores):
-            if moved or busy or not same(now, score):
+        kept = []
+        for item, moved, busy, now in zip(items, touched, pending, scores):
+            if moved or busy or not same(now, item[1]):
+                self.retry(item[0])
+            else:
+                kept.append(item)
+        return kept
+
+    def adjust(self, items):
+        """Write each ``(candidate, score, count)`` whose score matched the count's snapshot.
+
+        A full run writes the count plus what the score gained since it was observed
+        (``_ADJUST``): traffic need not stay away. A shard's run shares the counter with
+        the other shards' runs, which may write the same id (after a rebuild): it writes
+        the count only where the id is still quiet and unchanged (:meth:`write`). A check
+        reports them: drift at the snapshot's instant.
+        """
+        if not items:
+            return
+        if self.dry_run:
+            for cand, score, count in items:
+                self._drift(cand, score, count)
+            return
+        if self.run.shard is not None:
+            self.write(items)
+            return
+        answers = []
+        for part in parts(items):  # a script blocks Redis while it runs
+            args = [self.lease]
+            for cand, score, count in part:
+                args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
+            answers += self._written(_ADJUST(self.redis, [self.key, keys.runs(self.key), keys.canary(self.key)], args))
+        self.repair.at("write", members=[cand.member for cand, _, _ in items])
+        for (cand, score, count), answer in zip(items, answers):
+            if answer == 0:
                 self.retry(cand)
-            elif report:
-                self.result.wrong += 1
-                self.repair.example(cand.member, score, count or 0)
+            else:
+                self._fixed(cand, score, count)
 
     def write(self, items):
         """Compare-and-set each ``(candidate, score read, count)``: the count is written only
         if the member is still quiet, its lease live and its score the one read."""
         if not items:
             return
-        if self.dry_run:
+        if self.dry_run:  # reported if still quiet and unchanged: drift at that instant
             for part in parts(items):
-                self.confirm(part, report=True)
+                for cand, score, count in self.unchanged(part):
+                    self._drift(cand, score, count)
             return
         counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
         answers = []
@@ -334,10 +421,14 @@ class Candidates:
             raise PreviousWriters(previous_writers(self.key))
         return answer
 
-    def _fixed(self, cand, score, count):
-        """Report a member written from ``score`` (None: absent) to ``count`` (None: removed)."""
+    def _drift(self, cand, score, count):
+        """Report a member whose ``score`` (None: absent) should be ``count`` (None: zero)."""
         self.result.wrong += 1
         self.repair.example(cand.member, score, count or 0)
+
+    def _fixed(self, cand, score, count):
+        """Report a member written from ``score`` (None: absent) to ``count`` (None: removed)."""
+        self._drift(cand, score, count)
         if count is None:
             self.result.removed += 1
         elif score is None:

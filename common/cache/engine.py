@@ -57,8 +57,9 @@ CHECKPOINTS = (
     "stray_count",  # the set's size was compared with the ids streamed (no walk if they agree)
     "sweep_batch",  # a page of the stray sweep was read
     "observe",  # candidates were observed in Redis (their tracking reset)
-    "recount",  # candidates were re-counted in the database
-    "write",  # compare-and-set scripts ran
+    "recount_view",  # the re-count's snapshot was taken; next, the observed ids are looked at again
+    "recount",  # candidates were re-counted in the database, from that snapshot
+    "write",  # write scripts ran (compare-and-set, or count plus the gain since observed)
     "locked",  # ids that never stayed quiet were re-counted with their rows locked (locks held)
     "unlocked",  # ... written, and the locks given back
     "claim",  # the run tried to claim a rebuild (context: claimed)

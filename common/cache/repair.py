@@ -25,6 +25,7 @@ the quietness again (:mod:`common.cache.candidates`).
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 from itertools import chain
 
 from common.cache import keys
@@ -150,6 +151,15 @@ class CounterRepair:
         if self.conn is None:
             self.conn = self.run.source.connect()
         return self.run.source.counts(self.conn, self.counter, member_ids, rows)
+
+    @contextmanager
+    def snapshot(self):
+        """Hold a snapshot of the database on the re-count connection while the block runs
+        (:meth:`Source.snapshot`): :meth:`counts` inside it answers from that instant."""
+        if self.conn is None:
+            self.conn = self.run.source.connect()
+        with self.run.source.snapshot(self.conn):
+            yield
 
     def at(self, name, **context):
         self.run.at(name, self.counter, **context)

@@ -296,6 +296,30 @@ class Source:
             except SQLAlchemyError:
                 conn.invalidate()
 
+    @contextmanager
+    def snapshot(self, conn):
+        """Fix ``conn``'s view of the database now, until the block ends: the reads in it
+        see what was committed before it began and nothing committed after.
+
+        ``conn`` is an autocommit connection (:meth:`connect`). MySQL/MariaDB take the
+        snapshot at once (a REPEATABLE READ transaction ``WITH CONSISTENT SNAPSHOT``);
+        SQLite with a transaction's first read. Its reads lock nothing on MySQL/MariaDB;
+        on SQLite without WAL a writer's commit waits for the block to end.
+        """
+        if conn.dialect.name in ("mysql", "mariadb"):
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        else:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+        try:
+            yield
+        finally:
+            try:
+                conn.exec_driver_sql("ROLLBACK")
+            except SQLAlchemyError:
+                conn.invalidate()  # broken: it does not go back to the pool
+
     def counts(self, conn, counter, member_ids: list, rows: int = 0) -> dict:
         """Return ``{id: count}`` for the given ids, read now (ids counting 0 are absent).
 

@@ -11,7 +11,9 @@
  * the same name; a test compares the lists. A run's
  * steps over m: lease (tracking on), snapshot, stream compare or (unless the set's size
  * shows nothing stray) sweep, candidates
- * (observe, recount, compare-and-set or confirm, retried at most MAXA times, then left
+ * (observe, the re-count's snapshot, a second look that m is still quiet and unchanged,
+ * recount, then a write: a full run's adds what the score gained since observed, a
+ * shard's is a compare-and-set; retried at most MAXA times, then left
  * for the final pass, then pinned where the counter allows it: re-counted with m's rows
  * locked, so no commit changes m meanwhile, and written unless an increment is still
  * announced; else skipped), rebuild (claim, staging, swap), final pass over
@@ -123,6 +125,7 @@ proctype Run(byte r; bool owns; bool exclusive; bool rebuild_all)
     bool cand = false; bool unresolved = false; bool final = false;
     bool gave_up = false; bool lost = false; bool got; byte attempts = 0; byte i; byte found = kind;
     bool pinned = false;
+    bool adjusting = false;  /* the write is of a re-count whose snapshot s1 matched */
 
 start:
     atomic {
@@ -183,18 +186,19 @@ settle_:
 observe:
     atomic { track[r] = false; p1 = inflight > 0; s1 = rs; e1 = rp };
     if :: p1 -> goto settle_ :: else -> skip fi;
+recount_view:
+    c = db;  /* the snapshot the re-count reads: c is its count, however late the query runs */
+    atomic {  /* looked at again: still quiet and unchanged since observed, so s1 matches c */
+        if
+        :: QUIET(r) -> cand = false
+        :: else -> cand = true
+        fi
+    };
+    if :: cand -> goto settle_ :: else -> skip fi;
 recount:
-    c = db;
     if
-    :: (e1 && s1 == c && c > 0) || (!e1 && c == 0) ->
-        atomic {  /* confirm: still quiet and unchanged since observed */
-            if
-            :: QUIET(r) -> cand = false
-            :: else -> cand = true
-            fi
-        };
-        if :: cand -> goto settle_ :: else -> goto resolved_ fi
-    :: else -> want = c; goto write_
+    :: (e1 && s1 == c && c > 0) || (!e1 && c == 0) -> goto resolved_
+    :: else -> want = c; adjusting = true; goto write_
     fi;
 
 pin_:
@@ -227,11 +231,18 @@ write:
     atomic {
         if
         :: !FENCE(r) -> lost = true
-        :: FENCE(r) && QUIET(r) ->
+        :: FENCE(r) && adjusting && exclusive ->
+            /* a full run, the only writer: the count plus what the score gained since
+             * observed (every increment applied since committed after the snapshot) */
+            cand = false;
+            want = want + (rp -> rs : 0) - (e1 -> s1 : 0);
+            if :: want != 0 -> rp = true; rs = want :: else -> rp = false fi
+        :: FENCE(r) && !(adjusting && exclusive) && QUIET(r) ->
             cand = false;
             if :: want > 0 -> rp = true; rs = want :: else -> rp = false fi
-        :: FENCE(r) && !QUIET(r) -> cand = true
-        fi
+        :: FENCE(r) && !(adjusting && exclusive) && !QUIET(r) -> cand = true
+        fi;
+        adjusting = false
     };
     if :: lost -> goto done_ :: cand -> goto settle_ :: else -> goto resolved_ fi;
 
