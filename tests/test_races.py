@@ -376,6 +376,26 @@ def test_check_under_traffic_reports_no_drift_that_is_not_there(world):
     assert not report.drift
 
 
+@pytest.mark.parametrize("step", ["applied", "announced and committed"])
+def test_a_follow_between_a_quiet_batchs_read_and_its_write_is_not_written_over(world, step):
+    # A quiet night's batch is written without a check per id only while nothing of the
+    # counter is tracked or announced: a follow of 23 between its read and its write stops that.
+    engine, redis = world
+    redis.zincrby(KEY, -2, "23")
+    write = follow(engine, redis, 901, 23)
+    cp = Checkpoints()
+    cp.at("stream_batch", write.run if step == "applied" else lambda: write.announce().commit(), counter=KEY, nth=2)
+    if step != "applied":
+        cp.at("write", write.increment, counter=KEY)
+
+    report = run(engine, redis, checkpoint=cp)
+
+    cp.assert_fired()
+    assert [c["members"] for n, c in cp.reached if n == "stream_batch"][1] == ["22", "23"]
+    assert exact(engine, redis)
+    assert result_of(report).wrong == 1
+
+
 # -- re-counts from a snapshot ---------------------------------------------------------------
 
 

@@ -86,6 +86,24 @@ return answers
 """
 )
 
+# KEYS: counter, runs, track, inflight, canary. ARGV: lease, then per id: id, count (''
+# remove). For ids that were quiet when read while nothing of the counter was tracked or
+# announced (a quiet night): while that is still so, no increment was applied or is on
+# its way since, and every id is written with no check of its own. -1 lease lost, -2 old
+# writers, 0 something was tracked or announced meanwhile (nothing written), 1 written.
+_QUIET_PUT = Lua(
+    NOW
+    + FENCE
+    + _PUT
+    + """
+if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
+if redis.call('SCARD', KEYS[3]) > 0 or redis.call('HLEN', KEYS[4]) > 0 then return 0 end
+for i = 2, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
+flush(KEYS[1])
+return 1
+"""
+)
+
 # KEYS: counter, runs, inflight, canary. ARGV: lease, then per id: id, count ('' remove).
 # For ids whose rows the run holds locked in the database (so their count cannot move and
 # every change to them committed before the locks): write each id with no increment still
@@ -389,9 +407,13 @@ class Candidates:
             else:
                 self._fixed(cand, score, count)
 
-    def write(self, items):
+    def write(self, items, counter_quiet: bool = False):
         """Compare-and-set each ``(candidate, score read, count)``: the count is written only
-        if the member is still quiet, its lease live and its score the one read."""
+        if the member is still quiet, its lease live and its score the one read.
+
+        ``counter_quiet``: the scores were read while nothing of the counter was tracked or
+        announced; a part is then written at once if that is still so (``_QUIET_PUT``).
+        """
         if not items:
             return
         if self.dry_run:  # reported if still quiet and unchanged: drift at that instant
@@ -402,6 +424,14 @@ class Candidates:
         counter_keys = [self.key, keys.runs(self.key), self.track, self.inflight, keys.canary(self.key)]
         answers = []
         for part in parts(items):  # a script blocks Redis while it runs
+            if counter_quiet:
+                args = [self.lease]
+                for cand, _, count in part:
+                    args += (cand.member, "" if count is None else str(count))
+                if self._written(_QUIET_PUT(self.redis, counter_keys, args)) == 1:
+                    answers += [1] * len(part)
+                    continue
+                counter_quiet = False  # traffic came: each id is checked from now on
             args = [self.lease]
             for cand, score, count in part:
                 args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))

@@ -198,7 +198,13 @@ class CounterRepair:
         if pending is None:  # nothing announced or tracked: every member is quiet
             if scores == counts:
                 return
-            pending = touched = [None] * len(ids)
+            stable = [
+                (Candidate(members[at], ids[at], 0.0), scores[at], counts[at])
+                for at, (score, count) in enumerate(zip(scores, counts))
+                if score != count
+            ]
+            self.candidates.write(stable, counter_quiet=True)
+            return
         stable = []
         for member_id, count, member, busy, score, moved in zip(ids, counts, members, pending, scores, touched):
             if busy or moved:
@@ -276,7 +282,8 @@ class CounterRepair:
     def _strays(self, members):
         self.result.scanned += len(members)
         pending, scores, touched = self.candidates.look(members)
-        if pending is None:
+        counter_quiet = pending is None
+        if counter_quiet:
             pending = touched = [None] * len(members)
         stable = []
         for member, busy, score, moved in zip(members, pending, scores, touched):
@@ -284,7 +291,7 @@ class CounterRepair:
                 self.candidates.queue(member, parse_member(member), fresh=False)
             elif score is not None:  # quiet since before the snapshot, which did not count it
                 stable.append((Candidate(member, parse_member(member), 0.0), score, None))
-        self.candidates.write(stable)
+        self.candidates.write(stable, counter_quiet=counter_quiet)
 
     def _remove_junk(self, junk):
         self.result.scanned += len(junk)
