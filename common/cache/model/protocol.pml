@@ -18,7 +18,9 @@
  * locked, so no commit changes m meanwhile, and written unless an increment is still
  * announced; else skipped), rebuild (claim, staging, swap), final pass over
  * what was touched and what is announced, release.
- * A lease can expire at any moment in scenario 5; every write checks it.
+ * A lease can expire at any moment in scenario 5; every write checks it. (A quiet night's
+ * batch write checks that nothing of the counter is tracked or announced: with one member
+ * that is m's own quietness, as modelled.)
  *
  * Property: once every writer and run is done, if a run that vouched for m (m in its
  * shard, or it rebuilt the key) ended well without skipping m, Redis equals the database,
