@@ -630,3 +630,38 @@ def test_hot_ids_are_pinned_in_groups_bounded_by_ids_and_by_rows(monkeypatch):
     groups = [[c.rows for c in group] for group in _pin_groups(hot)]
 
     assert groups == [[1, 1, 3], [5, 2_000], [9_000], [20_000], [70_000]]  # 10,000 rows at most, or one id
+
+
+def test_a_recount_inside_a_snapshot_sees_no_commit_made_after_it(stack):
+    from sqlalchemy.exc import OperationalError
+
+    from common.cache.source import Source
+
+    engine, _ = stack
+    counter = Statistic.registry["count:user:followers"]
+    source = Source(engine, 100)
+    target = int(next(iter(expected(engine, counter.key))))
+    before = source.counts(source.connect(), counter, [target])
+    committed = None
+    with source.connect() as conn:
+        with source.snapshot(conn):
+            other = (
+                create_engine(engine.url, connect_args={"timeout": 0.2}) if engine.dialect.name == "sqlite" else engine
+            )
+            try:
+                with other.begin() as writer:
+                    writer.execute(
+                        text("INSERT INTO user_relation (user_id, target_user_id, relation) VALUES (99999, :t, 1)"),
+                        {"t": target},
+                    )
+                committed = True
+            except OperationalError:  # SQLite without WAL: a commit waits while the snapshot is held
+                committed = False
+            inside = source.counts(conn, counter, [target])
+        after = source.counts(conn, counter, [target])
+
+    assert inside == before
+    if engine.dialect.name == "sqlite":
+        assert committed is False and after == before
+    else:
+        assert committed is True and after == {target: before[target] + 1}

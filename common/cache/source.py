@@ -1,5 +1,6 @@
 """The database side of a repair: each counter's query streamed in member order, and
-counts re-read for chosen ids. Every read is in autocommit, so it sees the latest commits.
+counts re-read for chosen ids. Every read is in autocommit, so it sees the latest commits,
+except a re-count inside :meth:`Source.snapshot`, which sees the commits made before it.
 
 On MySQL/MariaDB the stream is *packed*: the counter's GROUP BY runs as a derived table,
 and an outer GROUP BY sends its rows a bucket of ids at a time, each bucket one
