@@ -256,31 +256,61 @@ class Candidates:
         Return ``(announced, scores, touched)``; while no id of the counter is announced
         or tracked (a quiet night), one MULTI with the scores alone says so, and
         ``announced`` and ``touched`` are None: every member is quiet. Redis sees at most
-        :data:`REDIS_IDS` of them per MULTI; each id's three answers come from one.
+        :data:`REDIS_IDS` of them per MULTI, each id's answers from one; the MULTIs of a
+        batch go in one round trip (and those of its parts that were not quiet in one more).
         """
-        looks = [self._look(part) for part in parts(members)]
-        scores = [score for _, part, _ in looks for score in part]
-        if all(announced is None for announced, _, _ in looks):
+        chunks = list(parts(members))
+        quick = self._multis(
+            [[("HLEN", self.inflight), ("SCARD", self.track), ("ZMSCORE", self.key, *part)] for part in chunks]
+        )
+        scores = [_score(score) for _, _, part in quick for score in part]
+        busy = [at for at, (announced, tracked, _) in enumerate(quick) if announced or tracked]
+        if not busy:
             return None, scores, None
-        announced, touched = [], []
-        for pending, part, moved in looks:
-            announced += pending if pending is not None else [None] * len(part)
-            touched += moved if moved is not None else [0] * len(part)
+        full = self._multis(
+            [
+                [
+                    ("HMGET", self.inflight, *chunks[at]),
+                    ("ZMSCORE", self.key, *chunks[at]),
+                    ("SMISMEMBER", self.track, *chunks[at]),
+                ]
+                for at in busy
+            ]
+        )
+        looks = {at: answer for at, answer in zip(busy, full)}
+        announced, scores, touched = [], [], []
+        for at, (_, _, part) in enumerate(quick):
+            if at in looks:
+                pending, now, moved = looks[at]
+                announced += pending
+                scores += [_score(score) for score in now]
+                touched += moved
+            else:
+                announced += [None] * len(part)
+                scores += [_score(score) for score in part]
+                touched += [0] * len(part)
         return announced, scores, touched
 
-    def _look(self, members):
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hlen(self.inflight)
-        pipe.scard(self.track)
-        pipe.zmscore(self.key, members)
-        announced, tracked, scores = pipe.execute()
-        if not announced and not tracked:
-            return None, scores, None
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(self.inflight, members)
-        pipe.zmscore(self.key, members)
-        pipe.smismember(self.track, members)
-        return pipe.execute()
+    def _multis(self, transactions: list) -> list:
+        """Run each list of commands in a MULTI of its own, all in one round trip; return
+        each one's raw answers (scores as Redis wrote them)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.response_callbacks = {}  # raw answers: QUEUED for the commands inside a MULTI
+        for commands in transactions:
+            pipe.execute_command("MULTI")
+            for command in commands:
+                pipe.execute_command(*command)
+            pipe.execute_command("EXEC")
+        answers, at = [], 0
+        replies = pipe.execute()
+        for commands in transactions:
+            at += len(commands) + 2
+            answer = replies[at - 1]
+            for value in answer:
+                if isinstance(value, Exception):  # a command failed inside the MULTI (a wrong type)
+                    raise value
+            answers.append(answer)
+        return answers
 
     def queue(self, member, member_id, fresh=True):
         """Make a member a candidate: due now (``fresh``) or after the settle delay."""
@@ -527,6 +557,11 @@ class Candidates:
             count = _count(counts.get(cand.member_id))
             if not same(score, count):
                 self._fixed(cand, score, count)
+
+
+def _score(raw):
+    """A score as Redis wrote it (None: absent) as a float."""
+    return None if raw is None else float(raw)
 
 
 def _rows(score) -> int:
