@@ -347,10 +347,16 @@ class CounterRepair:
                     self.run.begin_next(self.counter)
                     self.run.beat()
                     members = list(map(str, chunk.ids))
-                    for part in parts(list(zip(members, chunk.counts))):
-                        ids = [member for member, _ in part]
+                    pieces = list(parts(list(zip(members, chunk.counts))))
+                    pipe = self.redis.pipeline(transaction=False)  # the batch's commands in one round trip
+                    for part in pieces:
                         if kind == "zset":
-                            for (member, count), score in zip(part, self.redis.zmscore(self.key, ids)):
+                            pipe.zmscore(self.key, [member for member, _ in part])
+                        pipe.execute_command("ZADD", staging, *chain.from_iterable((c, m) for m, c in part))
+                    replies = pipe.execute()
+                    for at, part in enumerate(pieces):
+                        if kind == "zset":
+                            for (member, count), score in zip(part, replies[2 * at]):
                                 present += score is not None
                                 if not same(score, count):
                                     result.wrong += 1
@@ -360,7 +366,6 @@ class CounterRepair:
                         else:
                             result.wrong += len(part)
                             result.added += len(part)
-                        self.redis.execute_command("ZADD", staging, *chain.from_iterable((c, m) for m, c in part))
                     self.at("rebuild_batch", members=members)
                     written += len(members)
                     result.scanned += len(members)
