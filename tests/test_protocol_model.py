@@ -34,7 +34,8 @@ SCENARIOS = {
     7: "one run, lease expires",
 }
 # With PINNABLE (a hot id re-counted with its rows locked) every scenario but 5, whose
-# state space grows to 72M states (163 s, 3.7 GB: verified by hand); 7 covers a lease
+# state space grows to 72M states (163 s, 3.7 GB: verified by hand before the re-count's
+# snapshot step, not since); 7 covers a lease
 # expiring while the rows are locked.
 CHECKED = [(n, 0) for n in range(1, 7)] + [(n, 1) for n in (1, 2, 3, 4, 6, 7)]
 
