@@ -54,6 +54,13 @@ local function flush(key)
 end
 """
 
+# Whether a score (false: absent) is the one a run read (ARGV text, '' absent).
+_SAME = """
+local function same(read, score)
+  return (read == '' and not score) or (read ~= '' and score and tonumber(score) == tonumber(read))
+end
+"""
+
 # KEYS: counter, runs, track, inflight, canary. ARGV: lease, then per id: id, expected
 # score ('' absent), new count ('' remove). -1 lease lost, -2 old writers; otherwise one
 # answer per id: 1 written, 0 not quiet or changed (left alone). Each id is checked on its
@@ -62,6 +69,7 @@ _CAS = Lua(
     NOW
     + FENCE
     + _PUT
+    + _SAME
     + """
 if redis.call('SCARD', KEYS[5]) > 1 then return -2 end
 local ids = {}
@@ -74,7 +82,7 @@ for k = 1, #ids do
   local expected, cur = ARGV[3 * k], scores[k]
   local answer = 0
   if tracked[k] == 0 and not announced[k] then
-    if (expected == '' and not cur) or (expected ~= '' and cur and tonumber(cur) == tonumber(expected)) then
+    if same(expected, cur) then
       answer = 1
       put(ids[k], ARGV[3 * k + 1])
     end
@@ -143,6 +151,7 @@ _ADJUST = Lua(
     NOW
     + FENCE
     + _PUT
+    + _SAME
     + """
 if redis.call('SCARD', KEYS[3]) > 1 then return -2 end
 local ids = {}
@@ -152,7 +161,7 @@ local answers = {}
 for k = 1, #ids do
   local observed, count, score = ARGV[3 * k], ARGV[3 * k + 1], scores[k]
   local answer = 1
-  if (observed == '' and not score) or (observed ~= '' and score and tonumber(score) == tonumber(observed)) then
+  if same(observed, score) then
     put(ids[k], count)
   else
     local was, now, want = 0, 0, 0
@@ -263,10 +272,9 @@ class Candidates:
         quick = self._multis(
             [[("HLEN", self.inflight), ("SCARD", self.track), ("ZMSCORE", self.key, *part)] for part in chunks]
         )
-        scores = [_score(score) for _, _, part in quick for score in part]
         busy = [at for at, (announced, tracked, _) in enumerate(quick) if announced or tracked]
         if not busy:
-            return None, scores, None
+            return None, [_score(score) for _, _, part in quick for score in part], None
         full = self._multis(
             [
                 [
@@ -424,18 +432,11 @@ class Candidates:
         if self.run.shard is not None:
             self.write(items)
             return
+        counter_keys = [self.key, keys.runs(self.key), keys.canary(self.key)]
         answers = []
         for part in parts(items):  # a script blocks Redis while it runs
-            args = [self.lease]
-            for cand, score, count in part:
-                args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
-            answers += self._written(_ADJUST(self.redis, [self.key, keys.runs(self.key), keys.canary(self.key)], args))
-        self.repair.at("write", members=[cand.member for cand, _, _ in items])
-        for (cand, score, count), answer in zip(items, answers):
-            if answer == 0:
-                self.retry(cand)
-            else:
-                self._fixed(cand, score, count)
+            answers += self._written(_ADJUST(self.redis, counter_keys, self._args(part)))
+        self._answered(items, answers)
 
     def write(self, items, counter_quiet: bool = False):
         """Compare-and-set each ``(candidate, score read, count)``: the count is written only
@@ -462,10 +463,19 @@ class Candidates:
                     answers += [1] * len(part)
                     continue
                 counter_quiet = False  # traffic came: each id is checked from now on
-            args = [self.lease]
-            for cand, score, count in part:
-                args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
-            answers += self._written(_CAS(self.redis, counter_keys, args))
+            answers += self._written(_CAS(self.redis, counter_keys, self._args(part)))
+        self._answered(items, answers)
+
+    def _args(self, part) -> list:
+        """A write script's ARGV: the lease, then per item its id, the score read ('' absent)
+        and the count ('' zero)."""
+        args = [self.lease]
+        for cand, score, count in part:
+            args += (cand.member, "" if score is None else repr(score), "" if count is None else str(count))
+        return args
+
+    def _answered(self, items, answers):
+        """After a write: report each item written, retry each left alone."""
         self.repair.at("write", members=[cand.member for cand, _, _ in items])
         for (cand, score, count), answer in zip(items, answers):
             if answer == 0:
